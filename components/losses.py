@@ -1,0 +1,124 @@
+"""Dice + binary cross-entropy loss for multi-mask in-context segmentation.
+
+Pretraining predicts ``M`` independent binary masks per sample (one per reference mask), so the
+targets are multi-label, not one-hot. Samples with fewer than ``M`` masks are padded in the mask
+dimension; the ``valid`` argument (or ``padding_value``) keeps those padded channels out of both
+terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+
+__all__ = ["DiceBCELoss"]
+
+# sigmoid(-1e4) is exactly 0 in float32/bfloat16: a padded channel contributes nothing to a
+# batch-pooled Dice when its logits are replaced by this value and its target by 0.
+_NEG_LOGIT = -1.0e4
+
+
+class DiceBCELoss(nn.Module):
+    """``dice_weight * Dice(sigmoid(logits), target) + bce_weight * BCEWithLogits(logits, target)``.
+
+    The paper combines the two terms 1:1. The Dice term is MONAI's ``DiceLoss(sigmoid=True)``
+    (no background channel removal: every mask channel is a foreground mask).
+
+    Args:
+        dice_weight: weight of the soft Dice term.
+        bce_weight: weight of the binary cross-entropy term.
+        smooth_nr: Dice numerator smoothing (MONAI ``smooth_nr``).
+        smooth_dr: Dice denominator smoothing (MONAI ``smooth_dr``).
+        batch: ``False``: one Dice per (sample, mask), averaged over valid pairs;
+            ``True``: intersection and union pooled over the batch per mask channel (MONAI ``batch``).
+        squared_pred: squared terms in the Dice denominator (MONAI ``squared_pred``).
+        padding_value: if given and ``valid`` is not passed, a channel whose target is equal to
+            this value everywhere is treated as padding (lets a plain ``loss(y_pred, y)`` call,
+            e.g. from an Ignite ``SupervisedTrainer``, carry the padding inside the target).
+
+    Shapes:
+        ``logits``: ``[B, M, *spatial]``; ``target``: same shape, values in {0, 1};
+        ``valid``: ``[B, M]`` bool (``True`` = real mask). Returns a scalar.
+
+    Example::
+
+        loss_fn = DiceBCELoss()
+        loss = loss_fn(logits, masks, valid=torch.tensor([[True, True, False]]))
+    """
+
+    def __init__(
+        self,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        squared_pred: bool = False,
+        padding_value: float | None = None,
+    ) -> None:
+        super().__init__()
+        if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight == 0:
+            raise ValueError(
+                f"DiceBCELoss: weights must be >= 0 and not both 0, got dice_weight={dice_weight}, "
+                f"bce_weight={bce_weight}"
+            )
+        self.dice_weight = float(dice_weight)
+        self.bce_weight = float(bce_weight)
+        self.batch = batch
+        self.padding_value = padding_value
+        self.dice = DiceLoss(
+            include_background=True,
+            sigmoid=True,
+            squared_pred=squared_pred,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+            reduction="none",
+        )
+
+    def _valid_mask(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        b, m = logits.shape[:2]
+        if valid is None:
+            if self.padding_value is None:
+                return torch.ones(b, m, dtype=torch.bool, device=logits.device)
+            return ~(target == self.padding_value).flatten(2).all(dim=2)
+        if tuple(valid.shape) != (b, m):
+            raise ValueError(f"DiceBCELoss: valid must have shape [B, M]={(b, m)}, got {tuple(valid.shape)}")
+        return valid.to(device=logits.device, dtype=torch.bool)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of ``logits[B, M, *spatial]`` against ``target`` (same shape) over valid channels."""
+        if logits.shape != target.shape:
+            raise ValueError(
+                f"DiceBCELoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape"
+            )
+        if logits.ndim < 3:
+            raise ValueError(f"DiceBCELoss: expected [B, M, *spatial], got {tuple(logits.shape)}")
+        keep = self._valid_mask(logits, target, valid)  # [B, M]
+        n_valid = keep.sum()
+        if n_valid == 0:
+            # nothing to learn from; keep the graph so backward() still works
+            return logits.sum() * 0.0
+
+        target = torch.where(keep[(...,) + (None,) * (target.ndim - 2)], target, torch.zeros_like(target))
+        target = target.to(logits.dtype)
+        total = logits.new_zeros((), dtype=torch.float32)
+
+        if self.bce_weight > 0:
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+            bce = bce.flatten(2).mean(dim=2)  # [B, M]
+            total = total + self.bce_weight * bce[keep].mean()
+
+        if self.dice_weight > 0:
+            if self.batch:
+                # pooled over the batch per channel: remove padded channels from the sums
+                kept = keep[(...,) + (None,) * (logits.ndim - 2)]
+                masked = torch.where(kept, logits, torch.full_like(logits, _NEG_LOGIT))
+                dice = self.dice(masked.float(), target.float()).reshape(-1)  # [M]
+                total = total + self.dice_weight * dice[keep.any(dim=0)].mean()
+            else:
+                dice = self.dice(logits.float(), target.float()).reshape(keep.shape)  # [B, M]
+                total = total + self.dice_weight * dice[keep].mean()
+        return total
