@@ -1,0 +1,62 @@
+"""Model-zoo conventions every bundle must meet, checked the way the zoo's CI checks them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = ["mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe"]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_files_and_metadata(name: str, shared_dir: Path) -> None:
+    root = REPO / "bundles" / name
+    for rel in ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md"):
+        assert (root / rel).is_file(), f"{name}: {rel} missing"
+    assert "Apache License" in (root / "LICENSE").read_text()
+    meta = json.loads((root / "configs/metadata.json").read_text())
+    schema = json.loads((shared_dir / "schema/meta_schema_20240725.json").read_text())
+    errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(meta), key=str)
+    assert not errors, f"{name}: {[e.message for e in errors[:3]]}"
+    assert meta["version"] in meta["changelog"]
+    import monai
+    import numpy
+    import torch
+
+    assert meta["monai_version"] == monai.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["numpy_version"] == numpy.__version__
+    for cfg in (root / "configs").glob("*.json"):
+        json.loads(cfg.read_text())  # every config is valid JSON
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_size <= 25 * 2**20, f"{path} is over the model zoo's 25 MB limit"
+
+
+def test_components_resolve_from_a_copied_bundle(tmp_path: Path) -> None:
+    """A bundle copied elsewhere with ``components/`` beside ``configs/`` imports that copy
+    (``monai.bundle run`` puts the bundle root on ``sys.path``)."""
+    dst = tmp_path / "copied_bundle"
+    (dst / "configs").mkdir(parents=True)
+    shutil.copytree(REPO / "components", dst / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    probe_cfg = {
+        "bundle_root": str(dst),
+        "imports": ["$import pathlib", "$import components"],
+        "out": str(tmp_path / "where.txt"),
+        "run": ["$pathlib.Path(@out).write_text(components.__file__)"],
+    }
+    (dst / "configs" / "where.json").write_text(json.dumps(probe_cfg))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(dst / "configs" / "where.json")],
+        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300,
+    )
+    assert Path((tmp_path / "where.txt").read_text()).resolve().is_relative_to(dst.resolve())
