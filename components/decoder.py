@@ -45,6 +45,8 @@ class Decoder(nn.Module):
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256, 512),
                  num_blocks: tuple[int, ...] = (2, 2, 2, 2), num_token_stages: int = 3) -> None:
         super().__init__()
+        if num_token_stages != 3:
+            raise ValueError("the MASS decoder fuses tokens at exactly the 3 deepest stages")
         ch = list(channels)
         self.num_token_stages = num_token_stages
         self.prior_fuse = nn.ModuleList([TokenVoxelFusion(ch[4 - i]) for i in range(num_token_stages)])
@@ -55,17 +57,18 @@ class Decoder(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], tokens: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        f0, f1, f2, f3, f4 = feats
-        ups = [self.up1, self.up2, self.up3, self.up4]
-        skips = [f3, f2, f1, f0]
+        # written out stage by stage so that torch.jit.script accepts it
         kept: list[torch.Tensor] = []
-        x = f4
-        for i in range(4):
-            if i < self.num_token_stages:
-                x, t = self.prior_fuse[i](x, tokens[i])
-                kept.append(t[:, :, 0, :])
-            x = ups[i](x, skips[i])
-        return x, kept
+        x, t = self.prior_fuse[0](feats[4], tokens[0])
+        kept.append(t[:, :, 0, :])
+        x = self.up1(x, feats[3])
+        x, t = self.prior_fuse[1](x, tokens[1])
+        kept.append(t[:, :, 0, :])
+        x = self.up2(x, feats[2])
+        x, t = self.prior_fuse[2](x, tokens[2])
+        kept.append(t[:, :, 0, :])
+        x = self.up3(x, feats[1])
+        return self.up4(x, feats[0]), kept
 
 
 class DynamicKernelHead(nn.Module):

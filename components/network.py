@@ -65,6 +65,8 @@ def check_spatial(x: torch.Tensor, max_window: int, what: str = "input") -> None
 class _SegmentationCore(nn.Module):
     """Encoder + token-conditioned decoder + dynamic-kernel head (shared by both models)."""
 
+    __jit_unused_properties__ = ["token_channels", "memory_efficient"]  # keep torch.jit.script away
+
     def __init__(self, channels: Sequence[int], num_blocks: Sequence[int], in_channels: int, max_window: int) -> None:
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
