@@ -58,6 +58,19 @@ def test_paper_preset_maps_onto_release_state_dict(shared_dir):
         assert _n_params(getattr(net, ours_name)) == spec["parameters"][ref_name]
 
 
+@pytest.mark.slow
+def test_paper_preset_runs_at_128_cubed_on_meta_device():
+    """Shape flow of the full-size model at the largest window, without allocating memory."""
+    with torch.device("meta"):
+        net = build_network("paper").eval()
+        image, masks = torch.empty(1, 1, 128, 128, 128), torch.empty(1, 3, 128, 128, 128)
+        with torch.no_grad():
+            task = net.encode_task(image, masks)
+            logits = net.segment(image, task)
+    assert [tuple(t.shape) for t in task.tokens] == [(1, 3, 11, 512), (1, 3, 11, 256), (1, 3, 11, 128)]
+    assert logits.shape == (1, 3, 128, 128, 128)
+
+
 def test_small_preset_parameter_count_matches_manifest(shared_dir):
     manifest = json.loads((shared_dir / "reference" / "manifest.json").read_text())
     with torch.device("meta"):
