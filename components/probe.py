@@ -29,81 +29,34 @@ from components.attention_pool import deepest
 from components.blocks import Encoder
 from components.data import VolumeError
 from components.network import preset_config
+from components.release_checkpoint import infer_release_config, load_release_checkpoint, read_release_state_dict
 
 logger = logging.getLogger(__name__)
 
 
 # -- encoder -----------------------------------------------------------------------------------
 
-def _tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
-
-
-def read_weights(path: str | os.PathLike, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
-    """Full-model state dict from a release checkpoint, our pretraining container or a bare state dict.
-
-    Release containers go through :func:`components.release_checkpoint.read_release_state_dict`
-    (EMA preferred); other dicts are searched for ``ema_model``/``model``/``network``/``state_dict``.
-    A ``module.`` prefix (DDP) is removed. Loads with ``weights_only=True``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise VolumeError(path, "pretrained weights file does not exist")
-    try:
-        from components.release_checkpoint import ReleaseCheckpointError, read_release_state_dict
-
-        state = read_release_state_dict(str(path), prefer_ema=prefer_ema)
-    except (ImportError, KeyError, ValueError, TypeError) as release_error:
-        if "ReleaseCheckpointError" in locals() and isinstance(release_error, ReleaseCheckpointError):
-            pass
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt or pickled with objects
-            raise VolumeError(path, f"cannot be read as a weights_only checkpoint ({type(e).__name__}: {e})") from e
-        order = ("ema_model", "ema_state_dict", "model", "network", "state_dict", "net")
-        if not prefer_ema:
-            order = order[2:] + order[:2]
-        state = obj if _tensor_dict(obj) else next((obj[k] for k in order if isinstance(obj, Mapping)
-                                                    and k in obj and _tensor_dict(obj[k])), None)
-        if state is None:
-            keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
-            raise VolumeError(path, f"no state dict found (top-level keys: {keys})") from None
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, prefer_ema: bool = True) -> dict[str, Any]:
-    """Load only the ``encoder.*`` part of a checkpoint into ``encoder`` (strict); returns an info dict."""
-    state = read_weights(path, prefer_ema=prefer_ema)
-    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    if not enc:
-        if set(state) == set(encoder.state_dict()):  # an encoder-only state dict
-            enc = dict(state)
-        else:
-            raise VolumeError(path, f"no 'encoder.*' weights among {len(state)} keys (e.g. {sorted(state)[:3]})")
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(enc))
-    unexpected = sorted(set(enc) - set(own))
-    shapes = [f"{k}: {tuple(enc[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in enc
-              and enc[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise VolumeError(path, f"encoder weights do not fit this encoder (wrong preset?): missing {missing[:5]}"
-                                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}, "
-                                f"shape mismatches {shapes[:5]}")
-    encoder.load_state_dict(enc, strict=True)
-    logger.info("loaded %d encoder tensors from %s", len(enc), path)
-    return {"path": str(path), "num_tensors": len(enc)}
-
-
 def build_encoder(preset: str = "small", pretrained: str | os.PathLike | None = None, prefer_ema: bool = True,
                   **overrides: Any) -> Encoder:
     """The MASS encoder of a network preset; with ``pretrained``, its weights from that file.
 
+    ``pretrained``: a release checkpoint, our pretraining bundle's checkpoint (``model`` /
+    ``ema_model`` container; EMA preferred) or a bare state dict; only ``encoder.*`` is loaded
+    (:func:`components.release_checkpoint.load_release_checkpoint`, ``weights_only=True``).
+    ``preset="auto"`` sizes the encoder from the checkpoint itself.
     ``image[B,1,D,H,W]`` (each dim a multiple of 16) -> 5 feature maps, deepest ``[B, C4, D/16, H/16, W/16]`` last.
     """
-    cfg = preset_config(preset, **overrides)
+    if preset == "auto":
+        if not pretrained:
+            raise ValueError("preset='auto' needs a pretrained checkpoint to read the sizes from")
+        cfg = infer_release_config(read_release_state_dict(pretrained, prefer_ema))
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+    else:
+        cfg = preset_config(preset, **overrides)
     encoder = Encoder(int(cfg.get("in_channels", 1)), tuple(cfg["channels"]), tuple(cfg["num_blocks"]))
     if pretrained:
-        load_encoder_weights(encoder, pretrained, prefer_ema=prefer_ema)
+        info = load_release_checkpoint(pretrained, encoder, prefer_ema=prefer_ema)
+        logger.info("encoder: %d tensors from %s (%s)", info["loaded"], pretrained, info["source"])
     return encoder
 
 
@@ -181,17 +134,19 @@ class FeatureCache:
         cache_dir: folder of ``<key>.pt`` files (``[C, d, h, w]`` float32 tensors).
         signature: preprocessing parameters that change the features (spacing, size, ...).
         device: device of the encoder forward.
+        batch_size: images per encoder forward when filling the cache.
     """
 
     def __init__(self, encoder: nn.Module, transform: Any, cache_dir: str | os.PathLike,
                  signature: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
-                 image_key: str = "image") -> None:
+                 image_key: str = "image", batch_size: int = 4) -> None:
         self.encoder = encoder
         self.transform = transform
         self.cache_dir = Path(cache_dir)
         self.signature = json.dumps(dict(signature or {}), sort_keys=True, default=str)
         self.device = torch.device(device)
         self.image_key = image_key
+        self.batch_size = max(1, int(batch_size))
         self._fingerprint: str | None = None
 
     def key(self, item: Mapping[str, Any]) -> str:
@@ -203,37 +158,62 @@ class FeatureCache:
         ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{item.get('modality', '')}|{self.signature}|{self._fingerprint}"
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
-    def features(self, item: Mapping[str, Any]) -> torch.Tensor:
-        """On-the-fly features of one item: preprocess + frozen encoder -> ``[C, d, h, w]`` (CPU, float32)."""
+    def _image(self, item: Mapping[str, Any]) -> torch.Tensor:
         sample = self.transform(dict(item))
         image = sample[self.image_key]
         image = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-        image = image.float().unsqueeze(0).to(self.device)
+        return image.float()
+
+    def _encode(self, images: list[torch.Tensor]) -> torch.Tensor:
         self.encoder.eval()
         with torch.no_grad():
-            feat = deepest(self.encoder(image))
-        return feat[0].detach().float().cpu().contiguous()
+            feat = deepest(self.encoder(torch.stack(images).to(self.device)))
+        return feat.detach().float().cpu()
+
+    def features(self, item: Mapping[str, Any]) -> torch.Tensor:
+        """On-the-fly features of one item: preprocess + frozen encoder -> ``[C, d, h, w]`` (CPU, float32)."""
+        return self._encode([self._image(item)])[0].contiguous()
 
     def extract(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Items with ``image`` replaced by the path of its cached feature file (computed if missing).
 
-        An unreadable image is logged and skipped (the others go on); if none is left, raises.
+        Missing entries are encoded in batches of ``batch_size`` images of equal shape. An
+        unreadable image is logged and skipped (the others go on); if none is left, raises.
         """
-        out, errors, computed = [], [], 0
+        out: list[dict[str, Any] | None] = []
+        errors: list[str] = []
+        pending: list[tuple[int, Path, torch.Tensor]] = []
+        computed = 0
+
+        def flush() -> None:
+            nonlocal computed
+            if not pending:
+                return
+            shapes = {tuple(p[2].shape) for p in pending}
+            groups = [[p for p in pending if tuple(p[2].shape) == sh] for sh in shapes]
+            for group in groups:
+                feats = self._encode([p[2] for p in group])
+                for (_, target, _), f in zip(group, feats):
+                    _atomic_save(f.clone().contiguous(), target)
+                    computed += 1
+            pending.clear()
+
         for item in items:
+            where = item.get("row", item.get(self.image_key))
             try:
                 target = self.cache_dir / f"{self.key(item)}.pt"
                 if not target.exists():
-                    _atomic_save(self.features(item), target)
-                    computed += 1
+                    pending.append((len(out), target, self._image(item)))
             except (VolumeError, OSError, RuntimeError, ValueError) as e:
-                where = item.get("row", item.get(self.image_key))
                 errors.append(f"{where}: {e}")
                 logger.error("skipping %s: %s", where, e)
                 continue
             out.append({**dict(item), self.image_key: str(target), "source": str(item[self.image_key])})
+            if len(pending) >= self.batch_size:
+                flush()
+        flush()
         logger.info("features: %d computed, %d from cache %s, %d failed", computed, len(out) - computed,
                     self.cache_dir, len(errors))
         if errors and not out:
             raise RuntimeError("no image could be encoded:\n" + "\n".join(errors))
-        return out
+        return [o for o in out if o is not None]
