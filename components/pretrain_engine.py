@@ -28,7 +28,8 @@ from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys as Keys
 
 __all__ = ["NonFiniteLossError", "prepare_incontext_batch", "PretrainIteration", "warmup_poly_lambda",
-           "build_lr_scheduler", "latest_checkpoint", "ResumeFromLatest", "CheckpointWithEngine", "MLflowArtifacts"]
+           "build_lr_scheduler", "latest_checkpoint", "ResumeFromLatest", "CheckpointWithEngine", "SampleLog",
+           "MLflowArtifacts"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,33 @@ class CheckpointWithEngine:
     def attach(self, engine: Any) -> None:
         self.saver.save_dict[self.engine_key] = engine  # the saver's ignite Checkpoints share this dict
         self.saver.attach(engine)
+
+
+class SampleLog:
+    """Append the sample ids of every training batch to ``path`` (``{rank}`` is filled in); no-op if ``path`` is empty.
+
+    A diagnostic for multi-process runs: each rank should see different ids.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def attach(self, engine: Any) -> None:
+        if not self.path:
+            return
+        import torch.distributed as dist
+        from ignite.engine import Events
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        path = Path(str(self.path).format(rank=rank))
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def _log(e: Any) -> None:
+            ids = e.state.batch["index"] if isinstance(e.state.batch, Mapping) else [b["index"] for b in e.state.batch]
+            with open(path, "a") as f:
+                f.write(" ".join(str(int(i)) for i in torch.as_tensor(ids).view(-1).tolist()) + "\n")
+
+        engine.add_event_handler(Events.ITERATION_STARTED, _log)
 
 
 class MLflowArtifacts:
