@@ -56,6 +56,7 @@ __all__ = [
     "sample_support",
     "encode_support",
     "load_task",
+    "load_or_encode_task",
 ]
 
 
@@ -292,3 +293,26 @@ def load_task(path: str | os.PathLike, classes: Sequence[FewShotClass] | None = 
     if missing:
         raise TaskEmbeddingError(f"{path}: task file has no embedding for class(es) {missing} (has {names})")
     return task.select([names.index(c.name) for c in classes])
+
+
+def load_or_encode_task(
+    net: torch.nn.Module,
+    task_file: str | os.PathLike,
+    classes: Sequence[FewShotClass] | Mapping[str, Any],
+    support: Sequence[Mapping[str, Any]] | None = None,
+    spacing: Sequence[float] | None = (2.0, 2.0, 2.0),
+    roi_size: Sequence[int] = (96, 96, 96),
+    modality: str = "mr",
+    device: str | torch.device = "cpu",
+):
+    """The task of ``task_file`` when it exists (reused, reduced to ``classes``); else encode ``support``,
+    save it there and return it. A support set is thus encoded once."""
+    classes = parse_classes(classes) if isinstance(classes, Mapping) else list(classes)
+    if task_file and Path(task_file).is_file():
+        return load_task(task_file, classes)
+    if not support:
+        raise VolumeError(task_file, "task file does not exist and no support datalist was given to create it")
+    task = encode_support(net, support, classes, spacing=spacing, roi_size=roi_size, modality=modality, device=device)
+    if task_file:
+        task.save(task_file)
+    return task

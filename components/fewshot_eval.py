@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.transforms import Compose, Invertd, SaveImage
+from monai.transforms import Compose, Invertd, MapTransform, SaveImage
 
 from components.data import LoadVolumed
 from components.fewshot import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.incontext_inference import InContextInferer, binarize
 
-__all__ = ["masks_to_labelmap", "segment_volume", "score_case", "evaluate", "summarize"]
+__all__ = ["MasksToLabelMapd", "masks_to_labelmap", "segment_volume", "score_case", "evaluate", "summarize"]
 
 
 def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,6 +46,19 @@ def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) ->
     score = torch.where(masks > 0, score, torch.full_like(score, -1.0))
     label = torch.where((masks > 0).any(0), score.argmax(0) + 1, torch.zeros_like(score[0], dtype=torch.long))
     return label[None].to(torch.uint8 if masks.shape[0] < 255 else torch.int16)
+
+
+class MasksToLabelMapd(MapTransform):
+    """Dictionary transform: masks ``[M, ...]`` -> label map ``[1, ...]`` (0 none, m+1 class m), meta kept."""
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            lab = masks_to_labelmap(torch.as_tensor(x))
+            d[key] = MetaTensor(lab, meta=dict(x.meta), applied_operations=list(x.applied_operations)) \
+                if isinstance(x, MetaTensor) else lab
+        return d
 
 
 @torch.no_grad()
