@@ -113,6 +113,16 @@ class LoadFeatured(MapTransform):
         return d
 
 
+def root_cause(err: BaseException) -> str:
+    """The most specific message in an exception chain (MONAI's Compose wraps errors in RuntimeError)."""
+    found, e = err, err
+    while e is not None:
+        if isinstance(e, VolumeError):
+            return str(e)
+        found, e = e, e.__cause__
+    return f"{type(found).__name__}: {found}"
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -205,8 +215,8 @@ class FeatureCache:
                 if not target.exists():
                     pending.append((len(out), target, self._image(item)))
             except (VolumeError, OSError, RuntimeError, ValueError) as e:
-                errors.append(f"{where}: {e}")
-                logger.error("skipping %s: %s", where, e)
+                errors.append(f"{where}: {root_cause(e)}")
+                logger.error("skipping %s: %s", where, root_cause(e))
                 continue
             out.append({**dict(item), self.image_key: str(target), "source": str(item[self.image_key])})
             if len(pending) >= self.batch_size:
