@@ -197,7 +197,10 @@ class MaskGenWorkflow(Workflow):
                 from components.mask_overlay import save_overlay
 
                 save_overlay(d["image"], ms, self.output_dir / "overlays" / f"{case}.png")
-        except Exception as e:  # one bad volume never stops the others
+        except Exception as err:  # one bad volume never stops the others
+            e: BaseException = err
+            while isinstance(e, RuntimeError) and e.__cause__ is not None:  # unwrap MONAI's apply_transform
+                e = e.__cause__
             msg = str(e).splitlines()[0] if str(e) else ""
             reason = f"{type(e).__name__}: {msg}" if image in msg else f"{type(e).__name__}: {image}: {msg}"
             logger.debug("volume %s failed:\n%s", image, traceback.format_exc())
