@@ -20,6 +20,8 @@ conv splits into an image term plus a mask term).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,8 +109,12 @@ class TaskEncoderStage(nn.Module):
         b, c = feat.shape[:2]
         m = masks.shape[1]
         if self.memory_efficient:
-            weights = pool_masks_to_grid(masks.to(feat.dtype), tuple(feat.shape[-3:]))
-            total = torch.bmm(weights.reshape(b, m, -1), feat.reshape(b, c, -1).transpose(1, 2))
+            # float32 even under autocast: the pooled weights sum many voxels
+            dev = feat.device.type
+            with torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext():
+                weights = pool_masks_to_grid(masks.float(), (feat.shape[2], feat.shape[3], feat.shape[4]))
+                total = torch.bmm(weights.reshape(b, m, -1), feat.float().reshape(b, c, -1).transpose(1, 2))
+            total = total.to(feat.dtype)
         else:
             up = F.interpolate(feat, size=masks.shape[-3:], mode="trilinear", align_corners=True)
             total = torch.bmm(masks.to(up.dtype).reshape(b, m, -1), up.reshape(b, c, -1).transpose(1, 2))
