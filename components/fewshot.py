@@ -42,6 +42,8 @@ from monai.transforms import (
     Transform,
 )
 
+from monai.utils import convert_to_tensor
+
 from components.data import VolumeError, build_datalist, load_transforms
 
 __all__ = [
@@ -269,8 +271,8 @@ def encode_support(
                 raise EmptyReferenceError(item["label"], f"reference mask for class '{cls.name}' (label ids "
                                           f"{list(cls.label_ids)}) is empty in this support volume")
             ref_img, ref_mask = _crop_around(image, masks[m:m + 1], roi_size)
-            emb = net.encode_task(torch.as_tensor(ref_img)[None].float().to(device),
-                                  torch.as_tensor(ref_mask)[None].float().to(device))
+            emb = net.encode_task(convert_to_tensor(ref_img, track_meta=False)[None].float().to(device),
+                                  convert_to_tensor(ref_mask, track_meta=False)[None].float().to(device))
             per_class[m].append(emb.detach().to("cpu"))
     joined = [TaskEmbedding.average(embs) for embs in per_class]
     task = TaskEmbedding.concat(joined)
