@@ -40,10 +40,10 @@ STRUCTURES: dict[str, list[int]] = {
     "brain_stem": [16],
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_VOLUMES = [  # (image, label, split) in data/demo: different scans per split
-    ("colin27_t1.nii.gz", "colin27_seg.nii.gz", "train"),
-    ("mni152_t1.nii.gz", "mni152_seg.nii.gz", "val"),
-    ("itk_t1.nii.gz", "itk_seg.nii.gz", "test"),
+DEMO_VOLUMES = [  # (image, label, split) in data/demo: a different scan per split
+    ("colin27_t1.nii.gz", "colin27_seg.nii.gz", "train"),  # Colin27 average, whole head
+    ("itk_t1.nii.gz", "itk_seg.nii.gz", "val"),  # individual scan, whole head, 2x2x3 mm
+    ("mni152_t1.nii.gz", "mni152_seg.nii.gz", "test"),  # MNI152 2009a, skull-stripped
 ]
 
 
@@ -146,16 +146,29 @@ RUNS = {  # name -> bundle overrides (the pretrained weights are added for "pret
 }
 
 
-def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE) -> dict[str, Any]:
-    """Run ``configs/train.json`` of the bundle with ``overrides``; returns its ``summary.json``."""
+def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE, quiet: bool = False,
+               **kwargs: Any) -> dict[str, Any]:
+    """Run ``configs/train.json`` of the bundle with ``overrides``; returns its ``summary.json``.
+
+    ``quiet`` keeps only warnings on the console; ``kwargs`` go to ``ConfigWorkflow`` (e.g. ``tracking``).
+    """
+    import logging
+
     from monai.bundle import ConfigWorkflow
 
     bundle = Path(bundle)
     wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"),
                         meta_file=str(bundle / "configs" / "metadata.json"),
                         logging_file=str(bundle / "configs" / "logging.conf"),
-                        workflow_type="train", bundle_root=str(bundle), **dict(overrides))
+                        workflow_type="train", bundle_root=str(bundle), **kwargs, **dict(overrides))
     wf.initialize()
+    if quiet:
+        for name in ("", "ignite", "ignite.engine.engine.SupervisedTrainer", "ignite.engine.engine.SupervisedEvaluator",
+                     "components.probe"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(logging.WARNING)
     wf.run()
     wf.finalize()
     return json.loads((Path(wf.parser.get_parsed_content("output_dir")) / "summary.json").read_text())

@@ -20,6 +20,15 @@ def _preprocessing(size: int = 32) -> Compose:
                     ModalityNormalized("image"), ResizeWithPadOrCropd("image", (size, size, size))])
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope="module")
 def items(demo_data: Path) -> list[dict]:
     return [{"image": str(demo_data / "colin27_t1.nii.gz"), "label": 0, "modality": "MR"},
