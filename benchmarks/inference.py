@@ -124,7 +124,7 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
     """All stages x both task-encoder modes for one (preset, size, precision) on one device.
 
     Modes are interleaved (and their order alternated) in every repeat so that a change in machine
-    load hits both alike; ``warmup`` full forwards per mode run first.
+    load hits both alike; ``max(warmup, 1)`` full forwards per mode run first.
     """
     torch.manual_seed(seed)
     net = build_network(preset).to(device).eval()
@@ -142,7 +142,7 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
 
     results: dict[str, Any] = {
         "preset": preset, "size": size, "masks": masks, "precision": "bf16 autocast" if bf16 else "fp32",
-        "device": device.type, "warmup_full_forwards": warmup, "repeats": repeats,
+        "device": device.type, "warmup_full_forwards": max(warmup, 1), "repeats": repeats,
         "parameters": sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers()),
     }
     raw: dict[str, dict[str, list[tuple[float, float | None]]]] = {m: {s: [] for s in STAGES} for m in MODES}
@@ -150,10 +150,11 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
         outputs, tasks = {}, {}
         for name in MODES:
             set_mode(name)
-            for _ in range(warmup):
+            # the forward kept for the output comparison is the first warm-up forward
+            outputs[name] = net(query, ref, ref_masks).float().cpu()
+            for _ in range(warmup - 1):
                 run_once(lambda: net(query, ref, ref_masks), device)
             tasks[name] = net.encode_task(ref, ref_masks)
-            outputs[name] = net(query, ref, ref_masks).float().cpu()
         stage_fns: dict[str, Callable[[str], Any]] = {
             "reference": lambda name: net.encode_task(ref, ref_masks),
             "query": lambda name: net.segment(query, tasks[name]),
