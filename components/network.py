@@ -132,7 +132,7 @@ class MASSNet(_SegmentationCore):
         check_spatial(query, self.max_window, "query image")
         if task.channels != self.token_channels:
             raise ValueError(f"task embedding widths {task.channels} do not fit this network {self.token_channels}")
-        tokens = [t.to(query.dtype) for t in task.expand_batch(query.shape[0])]
+        tokens = [t.to(device=query.device, dtype=query.dtype) for t in task.expand_batch(query.shape[0])]
         return self.decode(self.encoder(query), tokens)
 
     def forward(self, query: torch.Tensor, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> torch.Tensor:
