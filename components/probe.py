@@ -190,20 +190,20 @@ class FeatureCache:
         Missing entries are encoded in batches of ``batch_size`` images of equal shape. An
         unreadable image is logged and skipped (the others go on); if none is left, raises.
         """
-        out: list[dict[str, Any] | None] = []
+        out: list[dict[str, Any]] = []
         errors: list[str] = []
-        pending: list[tuple[int, Path, torch.Tensor]] = []
+        pending: list[tuple[Path, torch.Tensor]] = []
         computed = 0
 
         def flush() -> None:
             nonlocal computed
             if not pending:
                 return
-            shapes = {tuple(p[2].shape) for p in pending}
-            groups = [[p for p in pending if tuple(p[2].shape) == sh] for sh in shapes]
+            shapes = {tuple(p[1].shape) for p in pending}
+            groups = [[p for p in pending if tuple(p[1].shape) == sh] for sh in shapes]
             for group in groups:
-                feats = self._encode([p[2] for p in group])
-                for (_, target, _), f in zip(group, feats):
+                feats = self._encode([p[1] for p in group])
+                for (target, _), f in zip(group, feats):
                     _atomic_save(f.clone().contiguous(), target)
                     computed += 1
             pending.clear()
@@ -213,7 +213,7 @@ class FeatureCache:
             try:
                 target = self.cache_dir / f"{self.key(item)}.pt"
                 if not target.exists():
-                    pending.append((len(out), target, self._image(item)))
+                    pending.append((target, self._image(item)))
             except (VolumeError, OSError, RuntimeError, ValueError) as e:
                 errors.append(f"{where}: {root_cause(e)}")
                 logger.error("skipping %s: %s", where, root_cause(e))
@@ -226,4 +226,4 @@ class FeatureCache:
                     self.cache_dir, len(errors))
         if errors and not out:
             raise RuntimeError("no image could be encoded:\n" + "\n".join(errors))
-        return [o for o in out if o is not None]
+        return out
