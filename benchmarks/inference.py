@@ -95,28 +95,29 @@ def _reset_peak_rss() -> bool:
 
 
 # -- one measurement -------------------------------------------------------------------------
-def run_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, float | None]:
-    """One call of ``fn``: (wall ms, peak memory GB) — CUDA: peak allocated (weights included);
-    CPU: growth of the peak resident set over the resident set before the call."""
+def run_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, float | None, float]:
+    """One call of ``fn``: (wall ms, peak memory GB, process CPU ms) — CUDA: peak allocated (weights
+    included); CPU: growth of the peak resident set over the resident set before the call. Process
+    CPU time (all threads) is far less sensitive than wall time to other jobs on a shared machine."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = fn()
         torch.cuda.synchronize(device)
-        ms = (time.perf_counter() - start) * 1e3
+        ms, cpu_ms = (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
         del out
-        return ms, torch.cuda.max_memory_allocated(device) / 1e9
+        return ms, torch.cuda.max_memory_allocated(device) / 1e9, cpu_ms
     _release_cpu_memory()
     before = _status_kib("VmRSS")
     peak_ok = _reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = fn()
-    ms = (time.perf_counter() - start) * 1e3
+    ms, cpu_ms = (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
     peak = _status_kib("VmHWM") if peak_ok else None
     del out
     growth = (peak - before) * 1024 / 1e9 if peak is not None and before is not None else None
-    return ms, growth
+    return ms, growth, cpu_ms
 
 
 def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks: int,
@@ -145,7 +146,7 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
         "device": device.type, "warmup_full_forwards": max(warmup, 1), "repeats": repeats,
         "parameters": sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers()),
     }
-    raw: dict[str, dict[str, list[tuple[float, float | None]]]] = {m: {s: [] for s in STAGES} for m in MODES}
+    raw: dict[str, dict[str, list[tuple[float, float | None, float]]]] = {m: {s: [] for s in STAGES} for m in MODES}
     with torch.no_grad(), autocast:
         outputs, tasks = {}, {}
         for name in MODES:
@@ -169,16 +170,19 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
     for name in MODES:
         results[name] = {}
         for stage in STAGES:
-            times = [t for t, _ in raw[name][stage]]
-            peaks = [p for _, p in raw[name][stage] if p is not None]
+            times = [t for t, _, _ in raw[name][stage]]
+            peaks = [p for _, p, _ in raw[name][stage] if p is not None]
+            cpu = [c for _, _, c in raw[name][stage]]
             results[name][stage] = {"ms": statistics.median(times), "ms_min": min(times),
-                                    "ms_all": [round(t, 2) for t in times], "peak_gb": max(peaks) if peaks else None}
+                                    "ms_all": [round(t, 2) for t in times], "peak_gb": max(peaks) if peaks else None,
+                                    "cpu_ms": statistics.median(cpu)}
         print(f"  {preset} {size}^3 {results['precision']} {name}: "
               + ", ".join(f"{s} {results[name][s]['ms']:.1f} ms" for s in STAGES), flush=True)
     results["max_abs_logit_diff"] = (outputs["ours"] - outputs["release-style"]).abs().max().item()
     results["ratio_release_over_ours"] = {
         stage: {
             "time": results["release-style"][stage]["ms"] / results["ours"][stage]["ms"],
+            "cpu_time": results["release-style"][stage]["cpu_ms"] / results["ours"][stage]["cpu_ms"],
             "memory": _ratio(_peak(results["release-style"][stage]), _peak(results["ours"][stage])),
         }
         for stage in STAGES
@@ -205,18 +209,22 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown(config: dict[str, Any]) -> str:
     mem_name = "peak GB (allocated)" if config["device"] == "cuda" else "peak RSS growth GB"
     warm = config["warmup_full_forwards"]
+    cpu = config["device"] == "cpu"
+    extra_head = " ours CPU-time ms | release-style CPU-time ms | CPU-time ratio |" if cpu else ""
     lines = [
         f"#### {config['preset']} preset, {config['size']}^3, {config['masks']} mask(s), {config['precision']}, "
         f"{config['device']} (median of {config['repeats']}, after {warm} warm-up forward(s) per mode)",
         "",
-        f"| stage | ours ms | release-style ms | time ratio (release/ours) | ours {mem_name} | release-style {mem_name} | memory ratio |",
-        "|---|---|---|---|---|---|---|",
+        f"| stage | ours ms | release-style ms | time ratio (release/ours) |{extra_head} ours {mem_name} | "
+        f"release-style {mem_name} | memory ratio |",
+        "|---|---|---|---|" + ("---|---|---|" if cpu else "") + "---|---|---|",
     ]
     for stage in STAGES:
         ours, rel = config["ours"][stage], config["release-style"][stage]
         ratio = config["ratio_release_over_ours"][stage]
+        extra = f" {ours['cpu_ms']:.0f} | {rel['cpu_ms']:.0f} | {ratio['cpu_time']:.2f} |" if cpu else ""
         lines.append(
-            f"| {stage} | {ours['ms']:.1f} | {rel['ms']:.1f} | {ratio['time']:.2f} | {_fmt(_peak(ours), '.3f')} | "
+            f"| {stage} | {ours['ms']:.1f} | {rel['ms']:.1f} | {ratio['time']:.2f} |{extra} {_fmt(_peak(ours), '.3f')} | "
             f"{_fmt(_peak(rel), '.3f')} | {_fmt(ratio['memory'], '.2f')} |"
         )
     lines.append(f"\nmax |logit difference| ours vs release-style: {config['max_abs_logit_diff']:.2e}")

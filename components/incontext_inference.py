@@ -36,14 +36,16 @@ def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
 
 
 def fit_roi(spatial_size: Sequence[int], roi_size: int | Sequence[int] = MAX_WINDOW, divisor: int = DIVISOR) -> tuple[int, int, int]:
-    """Largest usable window per dim: ``min(roi, spatial rounded up to a multiple of divisor)``.
+    """Window per dim: ``min(roi, spatial rounded up to a multiple of divisor)``, at least ``2 * divisor``.
 
-    A 70-voxel dim with a 128 window gives 80 (padded by 10) instead of 128 (padded by 58).
+    A 70-voxel dim with a 128 window gives 80 (padded by 10) instead of 128 (padded by 58). The floor
+    of 32 keeps the deepest feature map larger than one voxel (instance norm needs two).
     """
     roi = _triple(roi_size, "roi_size")
     if any(r % divisor for r in roi):
         raise ValueError(f"roi_size {roi} must be a multiple of {divisor} in every dim")
-    return tuple(min(r, divisor * math.ceil(int(s) / divisor)) for r, s in zip(roi, spatial_size))  # type: ignore[return-value]
+    fitted = (max(min(r, 2 * divisor), min(r, divisor * math.ceil(int(s) / divisor))) for r, s in zip(roi, spatial_size))
+    return tuple(fitted)  # type: ignore[return-value]
 
 
 class InContextInferer(Inferer):

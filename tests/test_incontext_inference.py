@@ -61,7 +61,8 @@ def test_windowed_output_equals_direct_output_for_an_equivariant_net(size):
 
 
 def test_fit_roi_shrinks_to_small_volumes():
-    assert fit_roi((300, 70, 16), 128) == (128, 80, 16)
+    assert fit_roi((300, 70, 16), 128) == (128, 80, 32)
+    assert fit_roi((10, 10, 10), (16, 64, 64)) == (16, 32, 32)
     with pytest.raises(ValueError, match="multiple of 16"):
         fit_roi((64, 64, 64), 100)
 
