@@ -81,6 +81,8 @@ class SeedSlicesd(MapTransform):
         multi_axis: plan all three axes instead of the selected one.
         isotropic_ratio / default_axis: see ``select_slice_axis``.
         foreground_key: optional key of a bool foreground volume; seeds are restricted to its extent.
+        foreground: or compute the foreground from the image itself (``"otsu"``, ``"nonzero"`` or a
+            threshold, see ``components.sam2_intensity.foreground_mask``); None: all slices.
     """
 
     def __init__(
@@ -93,13 +95,14 @@ class SeedSlicesd(MapTransform):
         isotropic_ratio: float = 1.3,
         default_axis: int = 2,
         foreground_key: str | None = None,
+        foreground: str | float | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.plan_key = plan_key
         self.interval_mm, self.min_seeds, self.multi_axis = interval_mm, min_seeds, multi_axis
         self.isotropic_ratio, self.default_axis = isotropic_ratio, default_axis
-        self.foreground_key = foreground_key
+        self.foreground_key, self.foreground = foreground_key, foreground
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -111,6 +114,10 @@ class SeedSlicesd(MapTransform):
             fg = None
             if self.foreground_key is not None and self.foreground_key in d:
                 fg = np.asarray(d[self.foreground_key]).reshape(shape).astype(bool)
+            elif self.foreground is not None:
+                from components.sam2_intensity import foreground_mask
+
+                fg = foreground_mask(np.asarray(img)[0], self.foreground)
             plan = []
             for a in axes:
                 ext = _extent(fg, a) if fg is not None else None

@@ -124,6 +124,11 @@ def test_axis_selection_and_seed_slices():
     img = MetaTensor(torch.zeros(1, 50, 60, 12), affine=torch.diag(torch.tensor([0.8, 0.8, 5.0, 1.0])))
     plan = SeedSlicesd("image", interval_mm=15.0, min_seeds=2)({"image": img})["slice_plan"]
     assert len(plan) == 1 and plan[0]["axis"] == 2 and plan[0]["seeds"] == [1, 4, 7, 10]
+    body = torch.zeros(1, 20, 20, 40)
+    body[:, 5:15, 5:15, 10:30] = 100  # seeds stay inside the foreground extent (z 10..29)
+    fgp = SeedSlicesd("image", interval_mm=5.0, min_seeds=2, foreground="otsu")(
+        {"image": MetaTensor(body, affine=torch.eye(4))})["slice_plan"]
+    assert fgp[0]["seeds"] == [12, 17, 22, 27]
     plan3 = SeedSlicesd("image", multi_axis=True)({"image": img})["slice_plan"]
     assert [p["axis"] for p in plan3] == [0, 1, 2]
 
