@@ -28,7 +28,7 @@ from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys as Keys
 
 __all__ = ["NonFiniteLossError", "prepare_incontext_batch", "PretrainIteration", "warmup_poly_lambda",
-           "build_lr_scheduler", "latest_checkpoint", "ResumeFromLatest", "CheckpointWithEngine", "SampleLog",
+           "build_lr_scheduler", "latest_checkpoint", "ResumeFromLatest", "Attach", "CheckpointWithEngine", "SampleLog",
            "MLflowArtifacts"]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,17 @@ class ResumeFromLatest:
             return
         logger.info(f"resuming from {path}")
         CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+
+
+class Attach:
+    """Handler-list entry for an object defined elsewhere in the config (``{"_target_": ..., "handler": "@ema"}``:
+    MONAI's property checks expect every ``train#handlers`` entry to be a component dict)."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    def attach(self, engine: Any) -> None:
+        self.handler.attach(engine)
 
 
 class CheckpointWithEngine:

@@ -30,6 +30,7 @@ def masksets_from_labels(out_dir: Path, names: tuple[str, ...] = ("colin27", "mn
 
 def tiny_overrides(tmp: Path, mask_dir: Path, **extra: Any) -> dict[str, Any]:
     """Bundle overrides for a seconds-long CPU run of the tiny preset (32^3 crops at 3 mm)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     datalist = tmp / "datalist.json"
     datalist.write_text(json.dumps({"all": [{"image": str(DEMO / "colin27_t1.nii.gz"), "modality": "MR"},
                                             {"image": str(DEMO / "mni152_t1.nii.gz"), "modality": "MR"}]}))
