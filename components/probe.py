@@ -60,6 +60,18 @@ def build_encoder(preset: str = "small", pretrained: str | os.PathLike | None = 
     return encoder
 
 
+def preset_of_checkpoint(path: str | os.PathLike, prefer_ema: bool = True) -> str:
+    """Name of the network preset whose encoder matches the checkpoint's (``ValueError`` if none)."""
+    from components.network import PRESETS
+
+    cfg = infer_release_config(read_release_state_dict(path, prefer_ema))
+    for name, preset in PRESETS.items():
+        if tuple(preset["channels"]) == tuple(cfg["channels"]) and tuple(preset["num_blocks"]) == tuple(cfg["num_blocks"]):
+            return name
+    raise ValueError(f"{path}: encoder channels {cfg['channels']} / blocks {cfg['num_blocks']} match no preset "
+                     f"({sorted(PRESETS)})")
+
+
 def encoder_fingerprint(encoder: nn.Module) -> str:
     """SHA-256 of the encoder's state dict (names, shapes, dtypes and bytes)."""
     h = hashlib.sha256()

@@ -175,13 +175,14 @@ def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE,
     return json.loads((Path(wf.parser.get_parsed_content("output_dir")) / "summary.json").read_text())
 
 
-def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str = "", preset: str = "small",
+def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str = "", preset: str = "auto",
          crop: int = 32, spacing: float = 2.0, per_class: int = 12, fractions: str | Sequence[float] = "1.0",
          runs: str | Sequence[str] = "pretrained_frozen,random_frozen,scratch_full", frozen_epochs: int = 40,
          frozen_lr: float = 3e-3, scratch_epochs: int = 4, scratch_lr: float = 1e-4, seed: int = 0,
          threads: int = 1, quiet: bool = True) -> dict[str, dict[str, Any]]:
     """Build the proxy task, train the probe for every run and fraction, print and return the AUC table.
 
+    ``preset="auto"``: the preset of the ``pretrained`` checkpoint (``small`` without one), for every run.
     Runs: ``pretrained_frozen`` (the ``pretrained`` encoder, frozen), ``random_frozen`` (random
     encoder, frozen: the floor a pretrained encoder must beat) and ``scratch_full`` (random encoder
     trained with the head: the paper's "full training" baseline). The frozen heads use
@@ -190,6 +191,11 @@ def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str
     """
     if threads:
         torch.set_num_threads(int(threads))
+    if preset == "auto":  # every run uses the pretrained encoder's architecture (small without weights)
+        from components.probe import preset_of_checkpoint
+
+        preset = preset_of_checkpoint(pretrained) if pretrained else "small"
+        print(f"preset: {preset}")
     out = Path(out_dir).resolve()
     if isinstance(fractions, (int, float)):
         fractions = [fractions]

@@ -10,7 +10,7 @@ import torch
 from monai.transforms import Compose, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 
 from components.data import CheckVolumed, LoadVolumed
-from components.probe import FeatureCache, root_cause, LoadFeatured, ModalityNormalized, build_encoder, encoder_fingerprint
+from components.probe import FeatureCache, preset_of_checkpoint, root_cause, LoadFeatured, ModalityNormalized, build_encoder, encoder_fingerprint
 from components.release_checkpoint import ReleaseCheckpointError
 
 
@@ -94,6 +94,7 @@ def test_encoder_loads_from_release_checkpoint_and_pretrain_container(tmp_path, 
     for k, v in enc.state_dict().items():
         assert torch.equal(v, state[key][f"encoder.{k}"]), k
     assert build_encoder("auto", ckpt).out_channels == enc.out_channels
+    assert preset_of_checkpoint(ckpt) == "small"
     # our pretraining bundle's container: {"model": ..., "ema_model": ...}, EMA preferred
     model = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.items()}
