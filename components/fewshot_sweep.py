@@ -65,6 +65,8 @@ def _fixed_class_predictor(preset: str, num_classes: int, ckpt: Path, device: st
     from components.network import FixedClassNet
 
     model = FixedClassNet(preset=preset, num_classes=num_classes)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: finetuning wrote no checkpoint (is val_interval <= max_epochs?)")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
     model = model.to(device).eval()
@@ -219,7 +221,6 @@ def main(config: str = "bundles/mass_fewshot/configs/sweep.json", out_dir: str =
     model.pt) / "release" (authors' container); without them only the config's inits run.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     cfg = load_sweep_config(config, shots=shots, seeds=seeds, modes=modes, preset=preset, split_file=split_file)
     inits = dict(cfg.get("inits", {"scratch": None}))
     if pretrained:
