@@ -98,3 +98,18 @@ def test_missing_label_file_is_a_clear_error(demo_data: Path, tmp_path: Path) ->
     split.write_text(json.dumps({"train": [item], "test": [_pair(demo_data, "mni152")]}))
     with pytest.raises(VolumeError, match="label file does not exist"):
         load_split(split)
+
+
+def test_patient_level_split_is_fixed_in_a_file(demo_data: Path, tmp_path: Path) -> None:
+    from components.fewshot import make_split
+
+    data = [dict(_pair(demo_data, "colin27"), patient="A"), dict(_pair(demo_data, "itk"), patient="A"),
+            dict(_pair(demo_data, "mni152"), patient="B")]
+    path = tmp_path / "split.json"
+    split = make_split(data, path, n_test=1, seed=0)
+    parts = {p: {d["patient"] for d in split[p]} for p in ("train", "test")}
+    assert parts["train"].isdisjoint(parts["test"])  # both scans of patient A stay together
+    assert len(split["train"]) + len(split["test"]) == 3
+    again = load_split(path)
+    assert [d["image"] for d in again["test"]] == [d["image"] for d in split["test"]]
+    assert again["val_is_train"] and again["val"] == again["train"]
