@@ -230,7 +230,8 @@ class MaskPretrainDataset(Dataset):
         max_masks: masks per sample (M); fewer available -> padded with ``valid=False``.
         overlap: minimum overlap fraction (per axis) of the two context boxes.
         min_mask_voxels: masks smaller than this (after resampling) are never used.
-        min_view_voxels: a mask must have this many voxels in the reference view to be valid.
+        min_view_voxels: a mask is chosen only with this many voxels in the central ``crop_size`` window of
+            both context boxes (before augmentation), and is valid only with this many voxels in the augmented reference view.
         augment: :class:`TwoViewAugment` or its keyword arguments.
         seed: base seed; sample ``i`` uses the generator seeded with ``(seed, i)``.
         length: ``len()`` for use without :class:`TwoViewSampler` (default: 100 per volume).
@@ -298,15 +299,21 @@ class MaskPretrainDataset(Dataset):
         codes_ref = np.zeros(tuple(ctx), np.float32)
         codes_qry = np.zeros(tuple(ctx), np.float32)
         n = 0
+        lo = (ctx - self.crop_size) // 2  # the window kept from the context when the warp is the identity
+        inner = tuple(slice(a, a + c) for a, c in zip(lo, self.crop_size))
         for c in cand[: 4 * self.max_masks]:
             if n == self.max_masks:
                 break
             bb, crop = ms.crop(c)
-            tmp = np.zeros_like(codes_ref)
-            if _paste(tmp, s_ref, bb, crop, float(1 << n)) < self.min_view_voxels:
+            tmp_r, tmp_q = np.zeros_like(codes_ref), np.zeros_like(codes_qry)
+            if _paste(tmp_r, s_ref, bb, crop, float(1 << n)) < self.min_view_voxels or \
+                    np.count_nonzero(tmp_r[inner]) < self.min_view_voxels:
                 continue
-            codes_ref += tmp
-            _paste(codes_qry, s_qry, bb, crop, float(1 << n))
+            _paste(tmp_q, s_qry, bb, crop, float(1 << n))
+            if np.count_nonzero(tmp_q[inner]) < self.min_view_voxels:  # the query must show the structure too
+                continue
+            codes_ref += tmp_r
+            codes_qry += tmp_q
             n += 1
         pad = float(info["pad_value"])
         img_ref = torch.from_numpy(_box_read(image, s_ref, ctx, pad))[None]
