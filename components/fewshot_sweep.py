@@ -228,8 +228,9 @@ def main(config: str = "bundles/mass_fewshot/configs/sweep.json", out_dir: str =
     if release:
         inits["release"] = str(Path(release).resolve())
     cfg["inits"] = inits
-    if preset is None and (pretrained or release):
-        found = preset_of_checkpoint(pretrained or release)
+    given = [p for p in (pretrained, release) if p and os.path.isfile(p)]
+    if preset is None and given:
+        found = preset_of_checkpoint(given[0])
         if found != cfg["preset"]:
             logger.info("preset %s taken from the checkpoint (config said %s)", found, cfg["preset"])
         cfg["preset"] = found
