@@ -226,13 +226,14 @@ class SampleLog:
 
 
 class MLflowArtifacts:
-    """At the end of training, log ``paths`` (files or folders) to the run of each attached ``MLFlowHandler``.
+    """At the end of training, log ``params``, ``paths`` (files or folders) and the newest match of each glob in
+    ``newest`` (e.g. the executed config) to the run of each attached ``MLFlowHandler``.
 
     Does nothing when no ``MLFlowHandler`` is attached (i.e. without ``--tracking mlflow``).
     """
 
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, paths: Sequence[str] = (), newest: Sequence[str] = (), params: Mapping[str, Any] | None = None) -> None:
+        self.paths, self.newest, self.params = [str(p) for p in paths], [str(g) for g in newest], dict(params or {})
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -240,16 +241,22 @@ class MLflowArtifacts:
         engine.add_event_handler(Events.COMPLETED, self._log)
 
     def _log(self, engine: Any) -> None:
+        import glob
+
         from monai.handlers import MLFlowHandler
 
         handlers = {id(h.__self__): h.__self__ for ev in engine._event_handlers.values() for h, *_ in ev
                     if isinstance(getattr(h, "__self__", None), MLFlowHandler)}
+        found = [max(m, key=os.path.getmtime) for m in (glob.glob(g) for g in self.newest) if m]
         for h in handlers.values():
             run = getattr(h, "cur_run", None)
             if run is None:  # run already closed or never started
                 continue
-            for p in self.paths:
+            rid = run.info.run_id
+            for k, v in self.params.items():
+                h.client.log_param(rid, k, str(v)[:500])
+            for p in self.paths + found:
                 if os.path.isdir(p):
-                    h.client.log_artifacts(run.info.run_id, p)
+                    h.client.log_artifacts(rid, p)
                 elif os.path.isfile(p):
-                    h.client.log_artifact(run.info.run_id, p)
+                    h.client.log_artifact(rid, p)
