@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import run  # imported before the fork below, so the child starts warm
+from monai.bundle import run
 
 from components.maskset import MaskSet
 
@@ -86,36 +86,30 @@ def test_broken_volume_among_good_ones_with_mlflow(tiny_dir, tmp_path):
     assert run.data.metrics["a_colin/n_masks"] == len(MaskSet.open(out / "a_colin.mset"))
 
 
-def _crashing_run(kwargs: dict) -> None:
-    """Child process: run the bundle and kill -9 itself while the 2nd volume's file is being written
-    (after its bytes, before the rename)."""
-    import signal
-
-    import components.maskset as maskset_mod
-
-    n = [0]
-    fsync = os.fsync
-
-    def crash(fd: int) -> None:
-        n[0] += 1
-        if n[0] == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        fsync(fd)
-
-    maskset_mod.os.fsync = crash  # type: ignore[attr-defined]
-    run(**kwargs)
+_CRASH = """
+import json, os, signal, sys
+import components.maskset as maskset_mod
+from monai.bundle import run
+n = [0]
+fsync = os.fsync
+def crash(fd):  # kill -9 while the 2nd volume is being written (after its bytes, before the rename)
+    n[0] += 1
+    if n[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    fsync(fd)
+maskset_mod.os.fsync = crash
+run(**json.loads(sys.argv[1]))
+"""
 
 
 def test_resume_after_crash_mid_volume(tiny_dir, tmp_path):
-    import multiprocessing as mp
-
     out = tmp_path / "out"
     kwargs = dict(config_file=str(CONFIG), bundle_root=str(BUNDLE), dataset_dir=str(tiny_dir), output_dir=str(out),
                   **SMALL)
-    p = mp.get_context("fork").Process(target=_crashing_run, args=(kwargs,))
-    p.start()
-    p.join(600)
-    assert p.exitcode == -9
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    r = subprocess.run([sys.executable, "-c", _CRASH, json.dumps(kwargs)], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == -9, r.stderr[-2000:]
     first = out / "a_colin.mset"
     assert MaskSet.open(first) and not (out / "b_mni.mset").exists()
     assert list(out.glob(".b_mni.mset.*.tmp")), "the crashed write should leave only a temp file"
