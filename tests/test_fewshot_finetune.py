@@ -19,6 +19,7 @@ SPACING, ROI = [3.0, 3.0, 3.0], [64, 64, 64]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
     colin = {"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}
@@ -27,8 +28,8 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     out = tmp_path / "ft"
     wf = ConfigWorkflow(config_file=str(BUNDLE / "configs/train.json"), workflow_type="train",
                         bundle_root=str(BUNDLE), split_file=str(split), classes=CLASSES, preset="tiny",
-                        spacing=SPACING, roi_size=ROI, patch_size=[32, 32, 32], num_samples=2, batch_size=1,
-                        epoch_length=12, **{"train#trainer#max_epochs": 3}, output_dir=str(out),
+                        spacing=SPACING, roi_size=ROI, patch_size=[48, 48, 48], num_samples=1, batch_size=1,
+                        epoch_length=10, **{"train#trainer#max_epochs": 2}, output_dir=str(out),
                         ckpt_dir=str(out / "models"), val_interval=1)
     wf.initialize()
     init_state = {k: v.detach().clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
