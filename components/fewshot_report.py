@@ -131,6 +131,10 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
         xs = [s for s, st in by_shot.items() if st[2] > 0]
         ax.errorbar(xs, [by_shot[s][0] * 100 for s in xs], yerr=[by_shot[s][1] * 100 for s in xs],
                     marker="o", capsize=3, label=f"{init} / {MODE_NAMES.get(mode, mode)}")
+    all_shots = sorted({s for by_shot in aggregate(runs, "dice_mean").values() for s in by_shot})
+    if all_shots:
+        ax.set_xticks(all_shots)
+        ax.set_xlim(min(all_shots) - 0.5, max(all_shots) + 0.5)
     ax.set_xlabel("shots (labelled volumes)")
     ax.set_ylabel("mean Dice (%)")
     ax.set_title("Few-shot segmentation")
