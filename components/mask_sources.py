@@ -42,6 +42,17 @@ def masks_from_labels(lab: np.ndarray, ids: Sequence[int] | None = None) -> tupl
     return out, kept
 
 
+def _fill_body(fg: np.ndarray) -> np.ndarray:
+    """Fill holes in 3D and slice by slice along every axis (air in lungs or bowel is inside the body)."""
+    fg = ndimage.binary_fill_holes(fg)
+    for ax in range(3):
+        for i in range(fg.shape[ax]):
+            sl = [slice(None)] * 3
+            sl[ax] = i
+            fg[tuple(sl)] = ndimage.binary_fill_holes(fg[tuple(sl)])
+    return fg
+
+
 class SLICMasksd(Transform):
     """Multi-scale SLIC supervoxels (scikit-image) of the image in ``image_key`` as masks.
 
@@ -76,7 +87,7 @@ class SLICMasksd(Transform):
         img_t = d[self.image_key]
         spacing = np.asarray(affine_to_spacing(img_t.affine, r=3), dtype=float)  # type: ignore[union-attr]
         img = np.asarray(img_t)[0].astype(np.float32)
-        fg = ndimage.binary_fill_holes(foreground_mask(img, self.foreground))
+        fg = _fill_body(foreground_mask(img, self.foreground))
         vals = img[fg] if fg.any() else img.ravel()
         lo, hi = np.percentile(vals, [1, 99])
         norm = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
