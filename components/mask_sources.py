@@ -68,15 +68,18 @@ class SLICMasksd(Transform):
         max_num_iter: SLIC iterations.
         sigma: Gaussian pre-smoothing (mm-aware via ``spacing``).
         max_voxels: volumes above this size are block-averaged by an integer factor before SLIC.
+        split_at_foreground: split each supervoxel into its part inside the thresholded foreground and its
+            part in the holes of the body (e.g. lung air), so tissue masks stop at air boundaries.
     """
 
     def __init__(self, image_key: str = "image", n_segments: Sequence[int] = (50, 200, 800),
                  compactness: float = 0.1, foreground: str | float = "otsu", max_num_iter: int = 10,
-                 sigma: float = 0.5, max_voxels: int | None = 1_500_000, masks_key: str = "masks",
+                 sigma: float = 0.5, max_voxels: int | None = 1_500_000, split_at_foreground: bool = True,
+                 masks_key: str = "masks",
                  provenance_key: str = "mask_provenance") -> None:
         self.image_key, self.n_segments, self.compactness = image_key, list(n_segments), compactness
         self.foreground, self.max_num_iter, self.sigma = foreground, max_num_iter, sigma
-        self.max_voxels = max_voxels
+        self.max_voxels, self.split_at_foreground = max_voxels, split_at_foreground
         self.masks_key, self.provenance_key = masks_key, provenance_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -87,7 +90,8 @@ class SLICMasksd(Transform):
         img_t = d[self.image_key]
         spacing = np.asarray(affine_to_spacing(img_t.affine, r=3), dtype=float)  # type: ignore[union-attr]
         img = np.asarray(img_t)[0].astype(np.float32)
-        fg = _fill_body(foreground_mask(img, self.foreground))
+        raw_fg = foreground_mask(img, self.foreground)
+        fg = _fill_body(raw_fg.copy())
         vals = img[fg] if fg.any() else img.ravel()
         lo, hi = np.percentile(vals, [1, 99])
         norm = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
@@ -106,6 +110,8 @@ class SLICMasksd(Transform):
             if f > 1:
                 lab = np.repeat(np.repeat(np.repeat(lab, f, 0), f, 1), f, 2)[: img.shape[0], : img.shape[1], : img.shape[2]]
             lab[~fg] = 0
+            if self.split_at_foreground:  # tissue part and air/background part of a supervoxel apart
+                lab = np.where(lab > 0, 2 * lab - raw_fg.astype(lab.dtype), 0)
             ms, ids = masks_from_labels(lab)
             masks += ms
             prov += [{"source": "slic", "n_segments": int(k), "segment": i} for i in ids]
