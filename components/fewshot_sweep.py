@@ -23,6 +23,7 @@ Command line (``python -m components.fewshot_sweep --help``)::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,31 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
     out = Path(out_dir).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or default_tracking_uri(out)
+    with _mlflow_scope(mlflow, tracking_uri):
+        return _run_sweep(mlflow, cfg, out, tracking_uri)
+
+
+@contextlib.contextmanager
+def _mlflow_scope(mlflow: Any, tracking_uri: str) -> Iterator[None]:
+    """Point MLflow at ``tracking_uri`` for the sweep only: ``set_tracking_uri``/``set_experiment``
+    also write ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_ID`` into ``os.environ``, which would
+    leak into later runs in the same process and into its subprocesses."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    saved = {k: os.environ.get(k) for k in keys}
     mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None restores MLflow's default
+        mlflow.tracking.fluent._active_experiment_id = None
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
     experiment = cfg.get("experiment", EXPERIMENT)
     exp = mlflow.set_experiment(experiment)
     client = mlflow.MlflowClient()
