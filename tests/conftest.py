@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("MASS_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -31,3 +32,12 @@ def shared_data(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     return REPO_ROOT / "data" / "demo"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: on a busy 2-core machine several times faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

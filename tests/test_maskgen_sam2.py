@@ -22,12 +22,7 @@ TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ def task(tmp_path_factory, demo_data) -> Path:
                             crop_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overrides(datalist: Path, out: Path, **extra) -> dict:

@@ -10,13 +10,7 @@ from components.probe import build_encoder
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("shape", [(2, 16, 3, 4, 5), (1, 16, 1, 1, 1), (3, 16, 6, 6, 6)])
 def test_attention_weights_sum_to_one_over_space(shape):
