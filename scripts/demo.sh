@@ -25,7 +25,7 @@ stage "2/4 mass_pretrain: in-context pretraining (tiny preset, 3 mm, 32^3 crops)
   --output_dir "$OUT/pretrain" --ckpt_dir "$OUT/pretrain/models" \
   --preset tiny --spacing "[3.0,3.0,3.0]" --crop_size "[32,32,32]" --context_margin 8 --max_masks 6 \
   --min_view_voxels 200 --lr 0.005 --loss#bce_weight 0.0 --aug_magnitude small --batch_size 2 \
-  --num_workers 0 --iters_per_epoch 50 --max_epochs 6 --num_val_samples 8 --val_at_start True \
+  --num_workers 0 --iters_per_epoch 50 --max_epochs 6 --num_val_samples 8 --val_at_start False \
   --progress_bar False)
 
 stage "3/4 mass_fewshot: IC and FT at 1 shot, scratch vs pretrained -> $OUT/fewshot"
