@@ -11,7 +11,6 @@ PY=.venv/bin/python
 OUT=${OUT:-$PWD/demo_output}
 DEMO=$PWD/data/demo
 mkdir -p "$OUT"
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$OUT/mlruns.db}
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
@@ -41,4 +40,4 @@ echo "Masks:            $OUT/masks (summary.json)"
 echo "Pretrained model: $OUT/pretrain/models/model.pt"
 echo "Few-shot report:  $OUT/fewshot/report.md"
 echo "Probe results:    $OUT/probe/results.json"
-echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri sqlite:///$OUT/fewshot/mlruns.db"
+echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$OUT/fewshot/mlruns.db}"
