@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from components.atomic_io import atomic_json
 from components.fewshot import encode_support, load_split, parse_classes, sample_support
 from components.fewshot_eval import evaluate
 from components.fewshot_finetune import build_incontext_network
@@ -54,12 +55,6 @@ def run_key(init: str, mode: str, shots: int, seed: int) -> str:
 def default_tracking_uri(out_dir: str | os.PathLike) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``out_dir`` (MLflow 3 has no file store)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlruns.db'}"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _fixed_class_predictor(preset: str, num_classes: int, ckpt: Path, device: str):
@@ -196,7 +191,7 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
             logger.info("%s: running", key)
             try:
                 result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
-                _write_json(result_file, result)
+                atomic_json(result_file, result)
                 status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
             except Exception as exc:  # one failing run never stops the sweep
                 result, error = None, f"{type(exc).__name__}: {exc}"
@@ -204,7 +199,7 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 status[key] = f"failed: {error}"
                 logger.error("%s failed: %s", key, error)
         _log_run(mlflow, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir)
-    _write_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
+    atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
     return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
 
 

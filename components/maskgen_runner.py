@@ -16,7 +16,6 @@ Per-volume statistics and the run summary are kept in ``engine.state.metrics`` s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from monai.engines import Workflow
 
+from components.atomic_io import atomic_json
 from components.maskset import MaskSet, MaskSetError, write_maskset
 
 __all__ = ["case_name", "parse_shard", "shard_datalist", "output_is_complete", "MaskGenWorkflow"]
@@ -242,8 +242,8 @@ class MaskGenWorkflow(Workflow):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         summ = self.summary()
         fails = [{"image": r["image"], "reason": r["reason"]} for r in self.results if r["status"] == "failed"]
-        _atomic_json(self.output_dir / f"summary{self.shard_name}.json", {"summary": summ, "volumes": self.results})
-        _atomic_json(self.failures_file(), fails)
+        atomic_json(self.output_dir / f"summary{self.shard_name}.json", {"summary": summ, "volumes": self.results})
+        atomic_json(self.failures_file(), fails)
         print(f"mask generation: {summ['n_done']} done, {summ['n_skipped']} skipped (complete), "
               f"{summ['n_failed']} failed of {summ['n_volumes']}; {summ['masks_total']} masks "
               f"(mean {summ['masks_mean']:.0f}/volume, {summ['mb_mean']:.2f} MB/volume) in {summ['seconds']:.1f} s "
@@ -253,9 +253,3 @@ class MaskGenWorkflow(Workflow):
         if fails and exit_on_failure:
             raise SystemExit(f"{len(fails)} volume(s) failed; reasons in {self.failures_file()}")
         return summ
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)

@@ -14,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from components.atomic_io import atomic_write
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import ClipIntensityPercentiles, MapTransform, NormalizeIntensity, ScaleIntensityRange
@@ -135,18 +136,6 @@ def root_cause(err: BaseException) -> str:
     return f"{type(found).__name__}: {found}"
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class FeatureCache:
     """Deepest-level features of a frozen encoder, computed once per image and kept on disk.
 
@@ -216,7 +205,7 @@ class FeatureCache:
             for group in groups:
                 feats = self._encode([p[1] for p in group])
                 for (target, _), f in zip(group, feats):
-                    _atomic_save(f.clone().contiguous(), target)
+                    atomic_write(target, lambda tmp, t=f.clone().contiguous(): torch.save(t, tmp))
                     computed += 1
             pending.clear()
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from components.atomic_io import atomic_write
 from monai.handlers import IgniteMetricHandler, MLFlowHandler, from_engine
 from monai.metrics import ROCAUCMetric
 from monai.metrics.rocauc import compute_roc_auc
@@ -69,18 +70,6 @@ def output_names(classes: Sequence[str], task: str) -> list[str]:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
-
-
-def _atomic_write(path: Path, writer: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class ProbeRecorder:
@@ -149,7 +138,7 @@ class ProbeRecorder:
     def _completed(self, engine: Any) -> None:
         if self.best_head is None:
             self.best_head = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
-        _atomic_write(self.head_path, lambda p: torch.save(self.best_head, p))
+        atomic_write(self.head_path, lambda p: torch.save(self.best_head, p))
         summary = {
             "params": self.params,
             "best_epoch": self.best.get("epoch"),
@@ -158,4 +147,4 @@ class ProbeRecorder:
                                    if k.startswith(self.class_prefix)},
             "history": self.history,
         }
-        _atomic_write(self.summary_path, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+        atomic_write(self.summary_path, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))

@@ -1,0 +1,37 @@
+"""Write-then-rename helpers: a reader never sees a half-written file, a crash leaves no partial output.
+
+Example::
+
+    atomic_json("out/summary.json", {"done": 3})
+    atomic_write("out/head.pt", lambda tmp: torch.save(state, tmp))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "atomic_json"]
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> None:
+    """Call ``writer(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    """``obj`` as JSON at ``path`` (non-JSON values written with ``str``), atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=indent, default=str)))
