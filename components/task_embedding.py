@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from components.atomic_io import atomic_write
+
 FORMAT = "mass-task-embedding"
 VERSION = 1
 
@@ -109,13 +111,11 @@ class TaskEmbedding:
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` (temp file then rename); plain tensors + metadata only."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # as_subclass drops tensor subclasses (MONAI MetaTensor) that weights_only loading refuses
         payload = {"format": FORMAT, "version": VERSION,
-                   "tokens": [t.detach().cpu().contiguous() for t in self.tokens],
+                   "tokens": [t.detach().cpu().contiguous().as_subclass(torch.Tensor) for t in self.tokens],
                    "names": self.names, "meta": self.meta}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
         return path
 
     @classmethod

@@ -212,3 +212,16 @@ def test_torchscript_script_encoder_and_fixed_class_net(tiny, inputs, tmp_path):
         torch.jit.script(fixed).save(str(tmp_path / "model.ts"))  # what MONAI ckpt_export does
         loaded = torch.jit.load(str(tmp_path / "model.ts"))
         torch.testing.assert_close(loaded(query), fixed(query), rtol=1e-5, atol=1e-5)
+
+
+def test_task_embedding_from_metatensors_loads_weights_only(tmp_path):
+    """Tokens computed from MONAI MetaTensors save as plain tensors (weights_only loading refuses subclasses)."""
+    from monai.data import MetaTensor
+
+    from components.task_embedding import TaskEmbedding
+
+    tokens = [MetaTensor(torch.randn(1, 2, 11, 8)), MetaTensor(torch.randn(1, 2, 11, 4))]
+    path = TaskEmbedding(tokens, None, {}).save(tmp_path / "task.pt")
+    loaded = TaskEmbedding.load(path)
+    assert all(type(t) is torch.Tensor for t in loaded.tokens)
+    assert all(torch.equal(a, b.as_tensor()) for a, b in zip(loaded.tokens, tokens))
