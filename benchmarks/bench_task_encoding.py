@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -24,18 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_one(preset: str, size: int, masks: int, device: str, memory_efficient: bool, repeats: int) -> dict:

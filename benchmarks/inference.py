@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.network import build_network  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 PAPER_TABLE8_H100 = {"reference_ms": 39.72, "query_ms": 49.00, "full_ms": 88.84, "peak_gb": 6.3}
 STAGES = ("reference", "query", "full")
@@ -42,19 +43,9 @@ MODES = {"ours": True, "release-style": False}
 
 
 # -- machine ---------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import threading
@@ -49,16 +48,10 @@ from components.sam2_model import autocast_ctx, build_sam2_predictor  # noqa: E4
 from components.sam2_propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,  # noqa: E402
                                          propagate_per_object, volume_frames)
 from components.slice_sampling import SeedSlicesd  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 DEMO = ROOT / "data" / "demo"
 SHARED = Path(os.environ.get("MASS_SHARED_DIR", ROOT.parent / "shared")) / "data"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _rss_mb() -> float:

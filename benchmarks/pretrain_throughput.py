@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -35,20 +34,11 @@ from components.losses import DiceBCELoss
 from components.maskset import write_maskset
 from components.network import build_network
 from components.pretrain_data import MaskPretrainDataset, TwoViewSampler
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASS_SHARED_DIR", REPO.parent / "shared")) / "data" / "mri"
 RELEASE_SAMPLES_PER_S_PER_GPU = 100_000 * 32 / (2 * 24 * 3600) / 8  # ~2.3
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_masks(out: Path) -> list[dict]:
@@ -120,7 +110,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    report: dict = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+    report: dict = {"cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads, "torch": torch.__version__,
                     "release_samples_per_s_per_gpu": round(RELEASE_SAMPLES_PER_S_PER_GPU, 3)}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_masks(Path(tmp))
