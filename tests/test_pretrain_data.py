@@ -115,13 +115,14 @@ def test_sample_views_share_mask_geometry_on_real_volume(dataset):
         ctx = 40
         # masks of the sample = volume masks cut at the recorded box and warped with the recorded matrix
         full = ms.get_many(info["usable"])  # [K, X, Y, Z] on the cached grid
+        warped_views = {}
         for view in ("ref", "query"):
             start = s[f"{view}_box"].numpy()
             box = np.zeros((len(full), ctx, ctx, ctx), bool)
             lo, hi = np.maximum(start, 0), np.minimum(start + ctx, full.shape[1:])
             box[:, lo[0] - start[0]:hi[0] - start[0], lo[1] - start[1]:hi[1] - start[1], lo[2] - start[2]:hi[2] - start[2]] = \
                 full[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-            warped, clear = _warp_nearest(box, s[f"{view}_affine"].numpy(), 32)
+            warped_views[view] = warped, clear = _warp_nearest(box, s[f"{view}_affine"].numpy(), 32)
             got = s[f"{view}_masks"].numpy()
             for k in np.flatnonzero(got.reshape(6, -1).any(1)):
                 match = [np.array_equal(got[k][clear], w[clear]) for w in warped]
@@ -132,12 +133,7 @@ def test_sample_views_share_mask_geometry_on_real_volume(dataset):
                 continue
             ids = []
             for view in ("ref", "query"):
-                start = s[f"{view}_box"].numpy()
-                box = np.zeros((len(full), ctx, ctx, ctx), bool)
-                lo, hi = np.maximum(start, 0), np.minimum(start + ctx, full.shape[1:])
-                box[:, lo[0] - start[0]:hi[0] - start[0], lo[1] - start[1]:hi[1] - start[1], lo[2] - start[2]:hi[2] - start[2]] = \
-                    full[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-                warped, clear = _warp_nearest(box, s[f"{view}_affine"].numpy(), 32)
+                warped, clear = warped_views[view]
                 ids.append({i for i, w in enumerate(warped) if np.array_equal(s[f"{view}_masks"][k].numpy()[clear], w[clear])})
             assert ids[0] & ids[1], f"slot {k} holds different masks in the two views"
 
