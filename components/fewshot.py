@@ -44,6 +44,7 @@ from monai.transforms import (
 
 from monai.utils import convert_to_tensor
 
+from components.atomic_io import atomic_json
 from components.data import VolumeError, build_datalist, load_transforms
 
 __all__ = [
@@ -178,11 +179,7 @@ def make_split(
         raise ValueError(f"{len(keys)} patients cannot give {n_test} test + {n_val} val and >= 1 train")
     parts = {"test": keys[:n_test], "val": keys[n_test:n_test + n_val], "train": keys[n_test + n_val:]}
     split = {k: [d for g in v for d in groups[g]] for k, v in parts.items()}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(split, indent=2))
-    os.replace(tmp, out_path)
+    atomic_json(out_path, split, indent=2)
     return split
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from components.atomic_io import atomic_write
 
 __all__ = ["collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
 
@@ -156,9 +157,8 @@ def write_report(tracking_uri: str, experiment: str = "mass_fewshot",
     out.mkdir(parents=True, exist_ok=True)
     png = plot_dice_vs_shots(runs, out / "dice_vs_shots.png")
     md = out / "report.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(render_markdown(runs, experiment, tracking_uri, png.name))
-    os.replace(tmp, md)
+    text = render_markdown(runs, experiment, tracking_uri, png.name)
+    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
     return md
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from monai.transforms import BorderPad, SpatialCrop
 
+from components.atomic_io import atomic_json
 from components.data import load_transforms
 
 STRUCTURES: dict[str, list[int]] = {
@@ -231,9 +232,7 @@ def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str
     for tag, s in results.items():
         print(f"{tag.rsplit('_f', 1)[0]:<19} {s['params']['fraction']:>8}  {s['params']['train_rows']:>10}"
               f"  {s['best_mean_auc']:.3f}")
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out / "results.json")
+    atomic_json(out / "results.json", results)
     print(f"total {time.time() - t0:.1f} s; results in {out / 'results.json'}")
     return results
 
