@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+NORM_EPS = 1e-4  # the release's encoder/decoder instance norms; conformance depends on it
+
+
 class NormActConv(nn.Module):
-    """InstanceNorm -> ReLU -> Conv3d (pre-activation order); conv has no bias.
+    """InstanceNorm (eps 1e-4) -> ReLU -> Conv3d (pre-activation order); conv has no bias.
 
     x[B, C_in, D, H, W] -> [B, C_out, D, H, W]
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3) -> None:
         super().__init__()
-        self.norm = nn.InstanceNorm3d(in_ch)
+        self.norm = nn.InstanceNorm3d(in_ch, eps=NORM_EPS)
         self.act = nn.ReLU()
         self.conv = nn.Conv3d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
 
