@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import Compose, Invertd, MapTransform, SaveImage
 
@@ -32,7 +34,8 @@ from components.data import LoadVolumed
 from components.fewshot import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.incontext_inference import InContextInferer, binarize
 
-__all__ = ["MasksToLabelMapd", "masks_to_labelmap", "segment_volume", "score_case", "evaluate", "summarize"]
+__all__ = ["MasksToLabelMapd", "masks_to_labelmap", "segment_volume", "score_case", "evaluate", "summarize",
+           "HausdorffDistanceMM"]
 
 
 def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,6 +92,41 @@ def segment_volume(
 
 def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(math.sqrt(sum((s * p) ** 2 for s, p in zip(shape, spacing))))
+
+
+class HausdorffDistanceMM(IgniteMetricHandler):
+    """Ignite handler: MONAI ``HausdorffDistanceMetric`` in mm, each case with its own voxel spacing.
+
+    MONAI's ``HausdorffDistance`` handler cannot pass a spacing, so its distances are in voxels. Here
+    the spacing is read from each prediction's affine (MetaTensor ``[M, X, Y, Z]`` items of a
+    decollated batch, or a batch-first MetaTensor ``[B, M, X, Y, Z]``).
+    """
+
+    def __init__(self, percentile: float | None = 95, include_background: bool = True,
+                 reduction: str = "mean_batch", output_transform: Callable = from_engine(["pred", "label"]),
+                 save_details: bool = True) -> None:
+        metric_fn = HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
+                                            reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+    @staticmethod
+    def _spacing(pred: Any) -> list[list[float]]:
+        if isinstance(pred, (list, tuple)):
+            items = list(pred)
+        else:
+            items = [pred[b] for b in range(pred.shape[0])]
+        out = []
+        for item in items:
+            if not isinstance(item, MetaTensor):
+                raise TypeError("HausdorffDistanceMM needs MetaTensor predictions (their affine gives the spacing)")
+            out.append([float(v) for v in affine_to_spacing(item.affine, r=item.ndim - 1)])
+        return out
+
+    def update(self, output: Sequence[Any]) -> None:
+        if len(output) != 2:
+            raise ValueError(f"output must be (pred, label), got {len(output)} items")
+        y_pred, y = output
+        self.metric_fn(y_pred, y, spacing=self._spacing(y_pred))
 
 
 def score_case(
