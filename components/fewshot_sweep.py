@@ -12,7 +12,9 @@ Scores (:func:`components.fewshot_eval.evaluate`) are written to ``<out>/runs/<k
 (temp name, then rename) and logged to MLflow (params mode, shots, seed, init, dataset, preset, ...;
 metrics ``dice_<class>``, ``hd95_<class>``, ``dice_mean``, ``hd95_mean``; tag ``run_key``). A sweep
 started again skips every key with a FINISHED MLflow run, and re-logs (without recomputing) keys whose
-``result.json`` exists but whose MLflow run did not finish. A failing run is recorded (status FAILED,
+``result.json`` exists but whose MLflow run did not finish. Both count only when made from the same
+initialisation file (tag and field ``init_sha256``): after retraining, the runs of that
+initialisation are done again, and the report reads the newest run of each key. A failing run is recorded (status FAILED,
 error in ``error.txt``) and the others go on.
 
 Command line (``python -m components.fewshot_sweep --help``)::
@@ -24,6 +26,7 @@ Command line (``python -m components.fewshot_sweep --help``)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -108,15 +111,33 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
     return result
 
 
+def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
+    """SHA-256 (16 hex digits) of the initialisation's checkpoint file; ``"none"`` for scratch or a missing file."""
+    path = cfg["inits"].get(init)
+    if not path or not os.path.isfile(path):
+        return "none"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
-    runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=10000)
-    return {r.data.tags.get("run_key"): r.info.run_id for r in runs if r.data.tags.get("run_key")}
+    """``{run_key: init_sha256}`` of the newest FINISHED run of each key."""
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=10000,
+                              order_by=["attributes.start_time DESC"])
+    done: dict[str, str] = {}
+    for r in runs:
+        if r.data.tags.get("run_key"):
+            done.setdefault(r.data.tags["run_key"], r.data.tags.get("init_sha256", ""))
+    return done
 
 
 def _log_run(mlflow: Any, cfg: Mapping[str, Any], key: str, init: str, mode: str, shots: int, seed: int,
              result: Mapping[str, Any] | None, error: str | None, run_dir: Path) -> None:
     with mlflow.start_run(run_name=key) as run:
-        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot"})
+        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": init_fingerprint(cfg, init)})
         mlflow.log_params({"mode": mode, "shots": shots, "seed": seed, "init": init, "dataset": cfg["dataset"],
                            "preset": cfg["preset"], "spacing": cfg["spacing"], "roi_size": cfg["roi_size"],
                            "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
@@ -177,20 +198,23 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     status: dict[str, str] = {}
     for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
         key = run_key(init, mode, shots, seed)
-        if key in done:
+        fingerprint = init_fingerprint(cfg, init)
+        if done.get(key) == fingerprint:
             status[key] = "skipped (finished)"
             continue
         run_dir = out / "runs" / key
         run_dir.mkdir(parents=True, exist_ok=True)
         result_file = run_dir / "result.json"
         error = None
-        if result_file.is_file():
-            result = json.loads(result_file.read_text())
+        old = json.loads(result_file.read_text()) if result_file.is_file() else None
+        if old is not None and old.get("init_sha256") == fingerprint:
+            result = old
             status[key] = "logged (result.json existed)"
         else:
             logger.info("%s: running", key)
             try:
                 result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
+                result["init_sha256"] = fingerprint
                 atomic_json(result_file, result)
                 status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
             except Exception as exc:  # one failing run never stops the sweep

@@ -82,3 +82,36 @@ def test_sweep_resumes_and_report_reads_mlflow(demo_data: Path, tmp_path: Path, 
     assert "±" in row and "(n=" not in row  # both seeds present
     assert "pretrained-ic-k1-s0" in text and "no_such_model.pt" in text  # failures listed
     assert "mlflow ui --backend-store-uri sqlite:///" in text
+
+
+def test_sweep_redoes_runs_whose_initialisation_file_changed(demo_data: Path, tmp_path: Path, repo_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.network import build_network
+
+    torch.set_num_threads(2)
+    ckpt = tmp_path / "model.pt"
+    cfg = dict(_config(demo_data, tmp_path, repo_root), seeds=[0], inits={"scratch": None, "pretrained": str(ckpt)})
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}"
+    calls: list[str] = []
+    real_run_one = sweep.run_one
+
+    def counted(cfg, init, mode, shots, seed, run_dir):
+        calls.append(init)
+        return real_run_one(cfg, init, mode, shots, seed, run_dir)
+
+    monkeypatch.setattr(sweep, "run_one", counted)
+    torch.manual_seed(1)
+    torch.save({"model": build_network("tiny").state_dict()}, ckpt)
+    sweep.run_sweep(cfg, out, tracking_uri=uri)
+    assert sorted(calls) == ["pretrained", "scratch"]
+    first = json.loads((out / "runs" / "pretrained-ic-k1-s0" / "result.json").read_text())["init_sha256"]
+
+    calls.clear()
+    torch.manual_seed(2)  # "retrained": same file name, new weights
+    torch.save({"model": build_network("tiny").state_dict()}, ckpt)
+    status = sweep.run_sweep(cfg, out, tracking_uri=uri)["runs"]
+    assert calls == ["pretrained"] and status["scratch-ic-k1-s0"].startswith("skipped")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("fewshot_test").experiment_id],
+                              filter_string="tags.run_key = 'pretrained-ic-k1-s0'", order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and runs[0].data.tags["init_sha256"] != first == runs[1].data.tags["init_sha256"]
