@@ -18,11 +18,14 @@ from typing import Any
 __all__ = ["atomic_write", "atomic_json"]
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> None:
-    """Call ``writer(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it onto ``path``."""
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any], suffix: str = ".tmp") -> None:
+    """Call ``writer(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it onto ``path``.
+
+    ``suffix`` ends the temp name, for writers that pick the format from it (e.g. ``".tmp.nii.gz"``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         writer(tmp)

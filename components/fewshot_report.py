@@ -142,10 +142,8 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.transforms import BorderPad, SpatialCrop
 
-from components.atomic_io import atomic_json
+from components.atomic_io import atomic_json, atomic_write
 from components.data import load_transforms
 
 STRUCTURES: dict[str, list[int]] = {
@@ -55,9 +55,18 @@ def demo_volumes(data_dir: str | os.PathLike | None = None) -> list[dict[str, st
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.nii.gz")
-    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), affine), str(tmp))
-    os.replace(tmp, path)
+    image = nib.Nifti1Image(np.round(array).astype(np.int16), affine)
+    atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=".tmp.nii.gz")
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    def writer(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(path, writer)
 
 
 def crop_centres(label: np.ndarray, ids: Sequence[int], n: int, jitter_vox: np.ndarray,
@@ -120,20 +129,12 @@ def build_proxy_task(
                 rows.append({"image": f"crops/{path.name}", "label": cls, "modality": "MR", "split": split,
                              "volume": name, **present})
     names = list(structures)
-    with open(out / "datalist.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label", "modality", "split", "volume"])
-        w.writerows([[r["image"], r["label"], r["modality"], r["split"], r["volume"]] for r in rows])
-    os.replace(out / "datalist.csv.tmp", out / "datalist.csv")
-    with open(out / "datalist_multilabel.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", *names, "modality", "split", "volume"])
-        w.writerows([[r["image"], *[r[s] for s in names], r["modality"], r["split"], r["volume"]] for r in rows])
-    os.replace(out / "datalist_multilabel.csv.tmp", out / "datalist_multilabel.csv")
-    (out / "classes.json").write_text(json.dumps({"classes": names, "label_ids": structures,
-                                                  "crop_size": [int(s) for s in size],
-                                                  "spacing": [float(s) for s in spacing],
-                                                  "jitter_mm": jitter_mm, "seed": seed}, indent=1))
+    _write_csv(out / "datalist.csv", ["image", "label", "modality", "split", "volume"],
+               [[r["image"], r["label"], r["modality"], r["split"], r["volume"]] for r in rows])
+    _write_csv(out / "datalist_multilabel.csv", ["image", *names, "modality", "split", "volume"],
+               [[r["image"], *[r[s] for s in names], r["modality"], r["split"], r["volume"]] for r in rows])
+    atomic_json(out / "classes.json", {"classes": names, "label_ids": structures, "crop_size": [int(s) for s in size],
+                                       "spacing": [float(s) for s in spacing], "jitter_mm": jitter_mm, "seed": seed})
     return out / "datalist.csv"
 
 
