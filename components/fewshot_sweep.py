@@ -135,9 +135,9 @@ def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
 
 
 def _log_run(mlflow: Any, cfg: Mapping[str, Any], key: str, init: str, mode: str, shots: int, seed: int,
-             result: Mapping[str, Any] | None, error: str | None, run_dir: Path) -> None:
+             result: Mapping[str, Any] | None, error: str | None, run_dir: Path, fingerprint: str) -> None:
     with mlflow.start_run(run_name=key) as run:
-        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": init_fingerprint(cfg, init)})
+        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
         mlflow.log_params({"mode": mode, "shots": shots, "seed": seed, "init": init, "dataset": cfg["dataset"],
                            "preset": cfg["preset"], "spacing": cfg["spacing"], "roi_size": cfg["roi_size"],
                            "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
@@ -196,9 +196,10 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     client = mlflow.MlflowClient()
     done = _finished_keys(client, exp.experiment_id)
     status: dict[str, str] = {}
+    fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
     for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
         key = run_key(init, mode, shots, seed)
-        fingerprint = init_fingerprint(cfg, init)
+        fingerprint = fingerprints[init]
         if done.get(key) == fingerprint:
             status[key] = "skipped (finished)"
             continue
@@ -222,7 +223,7 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 status[key] = f"failed: {error}"
                 logger.error("%s failed: %s", key, error)
-        _log_run(mlflow, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir)
+        _log_run(mlflow, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
     atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
     return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
 
