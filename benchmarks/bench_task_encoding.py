@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run_one(preset: str, size: int, masks: int, device: str, memory_efficient: bool, repeats: int) -> dict:
     """Time encode_task (and one segment) in this process; returns timings and peak memory."""
-    from components.network import build_network
+    from components.network.nets import build_network
 
     torch.manual_seed(0)
     net = build_network(preset, memory_efficient=memory_efficient).to(device).eval()

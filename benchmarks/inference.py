@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from components.network import build_network  # noqa: E402
+from components.network.nets import build_network  # noqa: E402
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 PAPER_TABLE8_H100 = {"reference_ms": 39.72, "query_ms": 49.00, "full_ms": 88.84, "peak_gb": 6.3}

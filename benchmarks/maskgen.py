@@ -39,15 +39,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from monai.transforms import Compose  # noqa: E402
 
-from components.data import load_transforms  # noqa: E402
-from components.mask_postprocess import MaskPostprocessd  # noqa: E402
-from components.mask_sources import SLICMasksd  # noqa: E402
-from components.sam2_intensity import SAM2Intensityd  # noqa: E402
-from components.sam2_masks2d import auto_masks_2d, make_mask_generator  # noqa: E402
-from components.sam2_model import autocast_ctx, build_sam2_predictor  # noqa: E402
-from components.sam2_propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,  # noqa: E402
+from components.data.loading import load_transforms  # noqa: E402
+from components.maskgen.postprocess import MaskPostprocessd  # noqa: E402
+from components.maskgen.sources import SLICMasksd  # noqa: E402
+from components.maskgen.sam2.intensity import SAM2Intensityd  # noqa: E402
+from components.maskgen.sam2.masks2d import auto_masks_2d, make_mask_generator  # noqa: E402
+from components.maskgen.sam2.model import autocast_ctx, build_sam2_predictor  # noqa: E402
+from components.maskgen.sam2.propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,  # noqa: E402
                                          propagate_per_object, volume_frames)
-from components.slice_sampling import SeedSlicesd  # noqa: E402
+from components.maskgen.slices import SeedSlicesd  # noqa: E402
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 DEMO = ROOT / "data" / "demo"

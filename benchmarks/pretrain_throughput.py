@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from components.data import load_volume
-from components.ema import ModelEMA
-from components.lamb import Lamb
-from components.losses import DiceBCELoss
-from components.maskset import write_maskset
-from components.network import build_network
-from components.pretrain_data import MaskPretrainDataset, TwoViewSampler
+from components.data.loading import load_volume
+from components.pretrain.ema import ModelEMA
+from components.pretrain.lamb import Lamb
+from components.pretrain.losses import DiceBCELoss
+from components.io.maskset import write_maskset
+from components.network.nets import build_network
+from components.pretrain.data import MaskPretrainDataset, TwoViewSampler
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 REPO = Path(__file__).resolve().parents[1]

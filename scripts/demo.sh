@@ -28,11 +28,11 @@ stage "2/4 mass_pretrain: in-context pretraining (tiny preset, 3 mm, 32^3 crops)
   --progress_bar False)
 
 stage "3/4 mass_fewshot: IC and FT at 1 shot, scratch vs pretrained -> $OUT/fewshot"
-$PY -m components.fewshot_sweep --config bundles/mass_fewshot/configs/sweep.json \
+$PY -m components.fewshot.sweep --config bundles/mass_fewshot/configs/sweep.json \
   --out_dir "$OUT/fewshot" --pretrained "$OUT/pretrain/models/model.pt"
 
 stage "4/4 mass_probe: frozen-encoder proxy classification, pretrained vs scratch -> $OUT/probe"
-$PY -m components.probe_proxy demo --pretrained "$OUT/pretrain/models/model.pt" --out_dir "$OUT/probe" \
+$PY -m components.probe.proxy demo --pretrained "$OUT/pretrain/models/model.pt" --out_dir "$OUT/probe" \
   --spacing 3.0 --fractions 0.3,1.0
 
 stage "done"

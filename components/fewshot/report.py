@@ -1,0 +1,171 @@
+"""Few-shot report: read the sweep's runs back through the MLflow API, write Markdown + a PNG.
+
+The main table has the shape of the paper's Table 1: one row per initialisation x mode
+(``scratch / IC``, ``pretrained / FT`` ...), one column per number of shots, cells
+``mean ± std`` of the class-mean Dice over seeds (in %, ``n`` seeds in brackets when < all).
+Below it: the same for HD95 (mm), a per-class Dice table, excluded (absent) classes, failed runs.
+The PNG plots mean Dice against shots with ± std error bars, one line per row.
+
+Command line::
+
+    python -m components.fewshot.report --tracking_uri sqlite:///demo_output/fewshot/mlruns.db \
+        --out_dir demo_output/fewshot
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from components.io.atomic import atomic_write
+
+__all__ = ["collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
+
+MODE_NAMES = {"ic": "IC", "ft": "FT"}
+
+
+def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[dict[str, Any]]:
+    """Every run of ``experiment`` as ``{"params", "metrics", "tags", "status"}`` (MLflow client API)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"{tracking_uri}: no MLflow experiment named {experiment!r}")
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    return [{"params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags),
+             "status": r.info.status, "run_id": r.info.run_id} for r in runs]
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+def aggregate(runs: list[dict[str, Any]], metric: str = "dice_mean") -> dict[tuple[str, str], dict[int, tuple]]:
+    """``{(init, mode): {shots: (mean, std, n_seeds)}}`` over FINISHED runs (latest per run key)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if r["status"] == "FINISHED" and r["tags"].get("run_key"):
+            latest.setdefault(r["tags"]["run_key"], r)  # search_runs returns newest first
+    groups: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in latest.values():
+        p = r["params"]
+        groups[(p["init"], p["mode"])][int(p["shots"])].append(r["metrics"].get(metric, float("nan")))
+    return {k: {s: _stats(v) for s, v in sorted(d.items())} for k, d in sorted(groups.items())}
+
+
+def _cell(stat: tuple[float, float, int] | None, scale: float, n_all: int, digits: int = 1) -> str:
+    if stat is None or stat[2] == 0:
+        return "–"
+    mean, std, n = stat
+    text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    return text if n >= n_all else f"{text} (n={n})"
+
+
+def _table(agg: dict, shots: list[int], scale: float, n_all: int, header: str) -> list[str]:
+    lines = [f"| {header} | " + " | ".join(f"{s}-shot" for s in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for (init, mode), by_shot in agg.items():
+        row = f"{init} / {MODE_NAMES.get(mode, mode)}"
+        lines.append(f"| {row} | " + " | ".join(_cell(by_shot.get(s), scale, n_all) for s in shots) + " |")
+    return lines
+
+
+def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: str, png_name: str | None) -> str:
+    """The report text (see the module docstring)."""
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    shots = sorted({int(r["params"]["shots"]) for r in finished})
+    seeds = sorted({int(r["params"]["seed"]) for r in finished})
+    classes = sorted({k[len("dice_"):] for r in finished for k in r["metrics"]
+                      if k.startswith("dice_") and k != "dice_mean"})
+    meta = finished[0]["params"] if finished else {}
+    out = [f"# Few-shot segmentation report ({experiment})", "",
+           f"Dataset `{meta.get('dataset', '?')}`, preset `{meta.get('preset', '?')}`, classes: "
+           f"{meta.get('classes', ', '.join(classes))}. Seeds: {seeds}. {len(finished)} finished runs "
+           f"read from MLflow `{tracking_uri}`.", "",
+           "## Dice (%), class mean, mean ± std over seeds", ""]
+    out += _table(aggregate(runs, "dice_mean"), shots, 100.0, len(seeds), "init / mode")
+    out += ["", "## HD95 (mm), class mean, mean ± std over seeds", ""]
+    out += _table(aggregate(runs, "hd95_mean"), shots, 1.0, len(seeds), "init / mode")
+    for s in shots:
+        out += ["", f"## Dice (%) per class, {s}-shot", ""]
+        out += [f"| init / mode | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        per_class = {c: aggregate(runs, f"dice_{c}") for c in classes}
+        rows = sorted({k for agg in per_class.values() for k in agg})
+        for init, mode in rows:
+            cells = [_cell(per_class[c].get((init, mode), {}).get(s), 100.0, len(seeds)) for c in classes]
+            out.append(f"| {init} / {MODE_NAMES.get(mode, mode)} | " + " | ".join(cells) + " |")
+    excluded = {}
+    for r in finished:
+        for img, names in json.loads(r["tags"].get("excluded", "{}") or "{}").items():
+            excluded.setdefault(img, set()).update(names)
+    out += ["", "## Classes absent from a test volume (excluded from its scores, not counted as 0 or 1)", ""]
+    out += [f"- `{img}`: {', '.join(sorted(n))}" for img, n in sorted(excluded.items())] or ["- none"]
+    failed = [r for r in runs if r["status"] == "FAILED"]
+    if failed:
+        out += ["", "## Failed runs", ""]
+        out += [f"- `{r['tags'].get('run_key', r['run_id'])}`: {r['tags'].get('error', '?').splitlines()[0]}"
+                for r in failed]
+    if png_name:
+        out += ["", f"![Dice vs shots]({png_name})"]
+    out += ["", f"Open the runs: `mlflow ui --backend-store-uri {tracking_uri}`", ""]
+    return "\n".join(out)
+
+
+def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """PNG: class-mean Dice (%) vs shots, one line per init x mode, ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (init, mode), by_shot in aggregate(runs, "dice_mean").items():
+        xs = [s for s, st in by_shot.items() if st[2] > 0]
+        ax.errorbar(xs, [by_shot[s][0] * 100 for s in xs], yerr=[by_shot[s][1] * 100 for s in xs],
+                    marker="o", capsize=3, label=f"{init} / {MODE_NAMES.get(mode, mode)}")
+    all_shots = sorted({s for by_shot in aggregate(runs, "dice_mean").values() for s in by_shot})
+    if all_shots:
+        ax.set_xticks(all_shots)
+        ax.set_xlim(min(all_shots) - 0.5, max(all_shots) + 0.5)
+    ax.set_xlabel("shots (labelled volumes)")
+    ax.set_ylabel("mean Dice (%)")
+    ax.set_title("Few-shot segmentation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def write_report(tracking_uri: str, experiment: str = "mass_fewshot",
+                 out_dir: str | os.PathLike = ".") -> Path:
+    """Write ``<out_dir>/report.md`` and ``<out_dir>/dice_vs_shots.png``; returns the Markdown path."""
+    runs = collect_runs(tracking_uri, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_dice_vs_shots(runs, out / "dice_vs_shots.png")
+    md = out / "report.md"
+    text = render_markdown(runs, experiment, tracking_uri, png.name)
+    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
+    return md
+
+
+def main(tracking_uri: str, out_dir: str = ".", experiment: str = "mass_fewshot") -> None:
+    """Command-line entry: write the report and print its path."""
+    print(f"Few-shot report: {write_report(tracking_uri, experiment, out_dir)}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,297 @@
+"""Few-shot sweep: shots x seeds x mode (IC, FT) x initialisation, one MLflow run per combination.
+
+Each combination is a *run key* ``<init>-<mode>-k<shots>-s<seed>``. A run:
+
+* IC: builds ``MASSNet`` with the initialisation, encodes the K support volumes (averaged per class),
+  saves the task embedding (``task.pt``) and segments every test volume;
+* FT: runs the bundle's ``configs/train.json`` (``SupervisedTrainer``/``SupervisedEvaluator``, AdamW,
+  cosine, early stopping) through MONAI's ``ConfigWorkflow`` on the same K volumes, then segments the
+  test volumes with the best checkpoint.
+
+Scores (:func:`components.fewshot.evaluate.evaluate`) are written to ``<out>/runs/<key>/result.json``
+(temp name, then rename) and logged to MLflow (params mode, shots, seed, init, dataset, preset, ...;
+metrics ``dice_<class>``, ``hd95_<class>``, ``dice_mean``, ``hd95_mean``; tag ``run_key``). A sweep
+started again skips every key with a FINISHED MLflow run, and re-logs (without recomputing) keys whose
+``result.json`` exists but whose MLflow run did not finish. Both count only when made from the same
+initialisation file (tag and field ``init_sha256``): after retraining, the runs of that
+initialisation are done again, and the report reads the newest run of each key. A failing run is recorded (status FAILED,
+error in ``error.txt``) and the others go on.
+
+Command line (``python -m components.fewshot.sweep --help``)::
+
+    python -m components.fewshot.sweep --config bundles/mass_fewshot/configs/sweep.json \
+        --out_dir demo_output/fewshot --pretrained demo_output/pretrain/models/model.pt
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.io.atomic import atomic_json
+from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
+from components.fewshot.evaluate import evaluate
+from components.fewshot.finetune import build_incontext_network
+
+__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "main"]
+
+logger = logging.getLogger(__name__)
+EXPERIMENT = "mass_fewshot"
+
+
+def run_key(init: str, mode: str, shots: int, seed: int) -> str:
+    return f"{init}-{mode}-k{int(shots)}-s{int(seed)}"
+
+
+def default_tracking_uri(out_dir: str | os.PathLike) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``out_dir`` (MLflow 3 has no file store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlruns.db'}"
+
+
+def _fixed_class_predictor(preset: str, num_classes: int, ckpt: Path, device: str):
+    from components.network.nets import FixedClassNet
+
+    model = FixedClassNet(preset=preset, num_classes=num_classes)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: finetuning wrote no checkpoint (is val_interval <= max_epochs?)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    model = model.to(device).eval()
+    return lambda x: model(x)
+
+
+def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Compute one sweep run; returns the :func:`~components.fewshot.evaluate.evaluate` summary (+ timing)."""
+    t0 = time.time()
+    classes = parse_classes(cfg["classes"])
+    split = load_split(cfg["split_file"])
+    support = sample_support(split["train"], shots, seed)
+    ckpt = cfg["inits"][init]
+    device = cfg.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    common = dict(spacing=cfg["spacing"], roi_size=cfg["roi_size"], modality=cfg["modality"])
+    torch.manual_seed(seed)
+    if mode == "ic":
+        net = build_incontext_network(cfg["preset"], init, ckpt, seed=seed).to(device)
+        task = encode_support(net, support, classes, device=device, **common)
+        task.save(run_dir / "task.pt")
+        predictor = lambda x: net.segment(x, task)  # noqa: E731
+    elif mode == "ft":
+        from monai.bundle import ConfigWorkflow
+
+        bundle = Path(cfg["bundle_dir"]).resolve()
+        overrides = {
+            "bundle_root": str(bundle), "split_file": str(Path(cfg["split_file"]).resolve()),
+            "classes": {c.name: list(c.label_ids) for c in classes}, "preset": cfg["preset"], "init": init,
+            "init_checkpoint": str(ckpt or ""), "shots": int(shots), "seed": int(seed), "output_dir": str(run_dir),
+            "ckpt_dir": str(run_dir / "models"), "spacing": list(cfg["spacing"]), "roi_size": list(cfg["roi_size"]),
+            "modality": cfg["modality"], **dict(cfg.get("ft_overrides", {})),
+        }
+        wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
+                            logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        predictor = _fixed_class_predictor(cfg["preset"], len(classes), run_dir / "models" / "model.pt", device)
+    else:
+        raise ValueError(f"mode must be 'ic' or 'ft', got {mode!r}")
+    result = evaluate(predictor, split["test"], classes, device=device, save_dir=run_dir / "pred", **common)
+    result.update({"seconds": round(time.time() - t0, 1), "support": [s["image"] for s in support]})
+    return result
+
+
+def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
+    """SHA-256 (16 hex digits) of the initialisation's checkpoint file; ``"none"`` for scratch or a missing file."""
+    path = cfg["inits"].get(init)
+    if not path or not os.path.isfile(path):
+        return "none"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
+    """``{run_key: init_sha256}`` of the newest FINISHED run of each key."""
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=10000,
+                              order_by=["attributes.start_time DESC"])
+    done: dict[str, str] = {}
+    for r in runs:
+        if r.data.tags.get("run_key"):
+            done.setdefault(r.data.tags["run_key"], r.data.tags.get("init_sha256", ""))
+    return done
+
+
+def _log_run(mlflow: Any, cfg: Mapping[str, Any], key: str, init: str, mode: str, shots: int, seed: int,
+             result: Mapping[str, Any] | None, error: str | None, run_dir: Path, fingerprint: str) -> None:
+    with mlflow.start_run(run_name=key) as run:
+        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
+        mlflow.log_params({"mode": mode, "shots": shots, "seed": seed, "init": init, "dataset": cfg["dataset"],
+                           "preset": cfg["preset"], "spacing": cfg["spacing"], "roi_size": cfg["roi_size"],
+                           "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
+                           "init_checkpoint": str(cfg["inits"].get(init) or "")})
+        if error is not None:
+            mlflow.set_tag("error", error[-4000:])
+            mlflow.end_run(status="FAILED")
+            return
+        metrics: dict[str, float] = {"dice_mean": result["dice_mean"], "hd95_mean": result["hd95_mean"],
+                                     "n_test": result["n_cases"], "n_failed": len(result["failed"]),
+                                     "n_excluded": sum(len(v) for v in result["excluded"].values())}
+        for name, v in result["dice"].items():
+            metrics[f"dice_{name}"] = v
+        for name, v in result["hd95"].items():
+            metrics[f"hd95_{name}"] = v
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
+        mlflow.set_tag("excluded", json.dumps(result["excluded"]))
+        mlflow.log_artifact(str(run_dir / "result.json"))
+        logger.info("%s: run %s logged", key, run.info.run_id)
+
+
+def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run every missing combination of ``cfg`` (see ``configs/sweep.json``); returns a status per key."""
+    import mlflow
+
+    out = Path(out_dir).resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or default_tracking_uri(out)
+    with _mlflow_scope(mlflow, tracking_uri):
+        return _run_sweep(mlflow, cfg, out, tracking_uri)
+
+
+@contextlib.contextmanager
+def _mlflow_scope(mlflow: Any, tracking_uri: str) -> Iterator[None]:
+    """Point MLflow at ``tracking_uri`` for the sweep only: ``set_tracking_uri``/``set_experiment``
+    also write ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_ID`` into ``os.environ``, which would
+    leak into later runs in the same process and into its subprocesses."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    saved = {k: os.environ.get(k) for k in keys}
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None restores MLflow's default
+        mlflow.tracking.fluent._active_experiment_id = None
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
+    experiment = cfg.get("experiment", EXPERIMENT)
+    exp = mlflow.set_experiment(experiment)
+    client = mlflow.MlflowClient()
+    done = _finished_keys(client, exp.experiment_id)
+    status: dict[str, str] = {}
+    fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
+    for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
+        key = run_key(init, mode, shots, seed)
+        fingerprint = fingerprints[init]
+        if done.get(key) == fingerprint:
+            status[key] = "skipped (finished)"
+            continue
+        run_dir = out / "runs" / key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result_file = run_dir / "result.json"
+        error = None
+        old = json.loads(result_file.read_text()) if result_file.is_file() else None
+        if old is not None and old.get("init_sha256") == fingerprint:
+            result = old
+            status[key] = "logged (result.json existed)"
+        else:
+            logger.info("%s: running", key)
+            try:
+                result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
+                result["init_sha256"] = fingerprint
+                atomic_json(result_file, result)
+                status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
+            except Exception as exc:  # one failing run never stops the sweep
+                result, error = None, f"{type(exc).__name__}: {exc}"
+                (run_dir / "error.txt").write_text(traceback.format_exc())
+                status[key] = f"failed: {error}"
+                logger.error("%s failed: %s", key, error)
+        _log_run(mlflow, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
+    atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
+    return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
+
+
+def load_sweep_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Sweep JSON with relative paths resolved against its folder, then ``overrides`` (None = keep)."""
+    path = Path(path).resolve()
+    cfg = json.loads(path.read_text())
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    base = path.parent
+    for key in ("split_file", "bundle_dir"):
+        if cfg.get(key) and not os.path.isabs(cfg[key]):
+            cfg[key] = str((base / cfg[key]).resolve())
+    if isinstance(cfg.get("classes"), str) and not os.path.isabs(cfg["classes"]):
+        cfg["classes"] = str((base / cfg["classes"]).resolve())
+    return cfg
+
+
+def preset_of_checkpoint(path: str | os.PathLike) -> str:
+    """Name of the network preset whose channels/blocks/window match the checkpoint's weights."""
+    from components.network.nets import PRESETS
+    from components.network.release_checkpoint import infer_release_config, read_release_state_dict
+
+    cfg = infer_release_config(read_release_state_dict(path))
+    for name, p in PRESETS.items():
+        if tuple(p["channels"]) == tuple(cfg["channels"]) and tuple(p["num_blocks"]) == tuple(cfg["num_blocks"]) \
+                and cfg.get("max_window", p["max_window"]) == p["max_window"] and cfg.get("tn", p["tn"]) == p["tn"]:
+            return name
+    raise ValueError(f"{path}: weights (channels {cfg['channels']}, blocks {cfg['num_blocks']}) match no preset "
+                     f"of {sorted(PRESETS)}")
+
+
+def main(config: str = "bundles/mass_fewshot/configs/sweep.json", out_dir: str = "demo_output/fewshot",
+         pretrained: str | None = None, release: str | None = None, tracking_uri: str | None = None,
+         shots: Sequence[int] | None = None, seeds: Sequence[int] | None = None, modes: Sequence[str] | None = None,
+         preset: str | None = None, split_file: str | None = None, report: bool = True) -> None:
+    """Run the sweep of ``config`` into ``out_dir`` and write the report; prints and returns its path.
+
+    ``pretrained``/``release``: checkpoint files adding the inits "pretrained" (our mass_pretrain
+    model.pt) / "release" (authors' container); without them only the config's inits run.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_sweep_config(config, shots=shots, seeds=seeds, modes=modes, preset=preset, split_file=split_file)
+    inits = dict(cfg.get("inits", {"scratch": None}))
+    if pretrained:
+        inits["pretrained"] = str(Path(pretrained).resolve())
+    if release:
+        inits["release"] = str(Path(release).resolve())
+    cfg["inits"] = inits
+    given = [p for p in (pretrained, release) if p and os.path.isfile(p)]
+    if preset is None and given:
+        found = preset_of_checkpoint(given[0])
+        if found != cfg["preset"]:
+            logger.info("preset %s taken from the checkpoint (config said %s)", found, cfg["preset"])
+        cfg["preset"] = found
+    status = run_sweep(cfg, out_dir, tracking_uri)
+    for key, s in status["runs"].items():
+        print(f"{key}: {s}")
+    if not report:
+        return
+    from components.fewshot.report import write_report
+
+    path = write_report(status["tracking_uri"], status["experiment"], out_dir)
+    print(f"MLflow runs: mlflow ui --backend-store-uri {status['tracking_uri']}")
+    print(f"Few-shot report: {path}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

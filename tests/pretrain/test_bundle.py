@@ -1,0 +1,152 @@
+"""mass_pretrain bundle: config properties, metadata, resume after a kill, NaN guard, EMA, multi-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import torch
+from tests.pretrain._util import BUNDLE, REPO, masksets_from_labels, tiny_overrides
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from components.pretrain.engine import NonFiniteLossError, latest_checkpoint
+
+torch.set_num_threads(1)
+TRAIN = str(BUNDLE / "configs" / "train.json")
+
+
+def _workflow(overrides: dict, config_file=TRAIN) -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config_file, meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                        logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type="train", **overrides)
+    wf.initialize()
+    return wf
+
+
+def _record_losses(wf: ConfigWorkflow) -> dict[int, float]:
+    losses: dict[int, float] = {}
+    trainer = wf.parser.get_parsed_content("train#trainer")
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _rec(e):
+        out = e.state.output
+        losses[e.state.iteration] = float(out[0]["loss"] if isinstance(out, list) else out["loss"])
+
+    return losses
+
+
+@pytest.fixture(scope="module")
+def mask_dir(tmp_path_factory):
+    return masksets_from_labels(tmp_path_factory.mktemp("masks"), max_ids=12)
+
+
+def test_check_properties_clean_and_metadata_valid(shared_dir, tmp_path, mask_dir):
+    wf = _workflow(tiny_overrides(tmp_path, mask_dir))
+    assert not wf.check_properties()
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    schema = json.loads((shared_dir / "schema" / "meta_schema_20240725.json").read_text())
+    errors = [e.message for e in jsonschema.Draft201909Validator(schema).iter_errors(meta)]
+    assert not errors
+    assert meta["version"] in meta["changelog"]
+    assert set(meta["network_data_format"]["inputs"]) == {"image", "ref_image", "ref_masks"}
+    for f in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/inference.json", "configs/multi_gpu_train.json"):
+        assert (BUNDLE / f).is_file(), f
+
+
+def test_resume_after_kill_reproduces_next_step_loss(tmp_path, mask_dir):
+    full = _workflow(tiny_overrides(tmp_path / "full", mask_dir))
+    ref = _record_losses(full)
+    full.run()
+    assert sorted(ref) == [1, 2, 3, 4]
+
+    killed = _workflow(tiny_overrides(tmp_path / "killed", mask_dir))
+    first = _record_losses(killed)
+    trainer = killed.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())  # "killed" after epoch 1
+    killed.run()
+    assert sorted(first) == [1, 2]
+    assert first[2] == pytest.approx(ref[2], rel=1e-5)
+    ckpt = latest_checkpoint(tmp_path / "killed" / "eval" / "checkpoints")
+    state = torch.load(ckpt, weights_only=True)
+    assert {"model", "ema_model", "optimizer", "lr_scheduler", "scaler", "trainer"} <= set(state)
+    assert state["trainer"]["iteration"] == 2
+    # EMA differs from the raw weights after training
+    k = next(n for n, v in state["model"].items() if v.is_floating_point() and "task_prior" not in n)
+    assert not torch.equal(state["model"][k], state["ema_model"][k])
+
+    resumed = _workflow(tiny_overrides(tmp_path / "killed", mask_dir, resume=True))
+    after = _record_losses(resumed)
+    resumed.run()
+    assert sorted(after) == [3, 4]
+    assert after[3] == pytest.approx(ref[3], rel=1e-4, abs=1e-6)
+    assert (tmp_path / "killed" / "models" / "model.pt").is_file()
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path, mask_dir):
+    wf = _workflow(tiny_overrides(tmp_path, mask_dir))
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    real = trainer.loss_function
+
+    def poisoned(logits, target, valid=None):
+        loss = real(logits, target, valid=valid)
+        return loss * float("nan") if trainer.state.iteration == 3 else loss
+
+    trainer.loss_function = poisoned
+    with pytest.raises(Exception) as err:  # MONAI's config runner re-raises it as the cause of a RuntimeError
+        wf.run()
+    cause = err.value if isinstance(err.value, NonFiniteLossError) else err.value.__cause__
+    assert isinstance(cause, NonFiniteLossError)
+    assert "iteration 3 (epoch 2)" in str(cause)
+    ckpts = sorted((tmp_path / "eval" / "checkpoints").glob("*.pt"))
+    assert [p.name for p in ckpts] == ["checkpoint_epoch=1.pt"]
+    state = torch.load(ckpts[0], weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    net = wf.parser.get_parsed_content("network")
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # the poisoned step was never applied
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_trains_ranks_on_different_data(tmp_path, mask_dir):
+    ov = tiny_overrides(tmp_path, mask_dir, iters_per_epoch=2, max_epochs=1, sample_log=str(tmp_path / "ids_{rank}.txt"))
+    args = []
+    for k, v in ov.items():
+        args += [f"--{k}", repr(v) if not isinstance(v, str) else v]
+    cfg = json.dumps([TRAIN, str(BUNDLE / "configs" / "multi_gpu_train.json")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631", "-m",
+           "monai.bundle", "run", "--config_file", cfg, "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    res = subprocess.run(cmd, cwd=str(BUNDLE), env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    ids = [{int(i) for line in (tmp_path / f"ids_{r}.txt").read_text().split("\n") for i in line.split()} for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]  # 2 iterations of batch 1 on each rank
+    assert log.count("Saved checkpoint at epoch: 1") == 1  # rank 0 only
+    assert log.count("Epoch[1] Metrics -- val_mean_dice") == 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert [p.name for p in (tmp_path / "eval" / "checkpoints").glob("*.pt")] == ["checkpoint_epoch=1.pt"]
+
+
+def test_inference_writes_label_map_on_the_query_grid(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from components.network.nets import build_network
+
+    net = build_network("tiny")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "ema_model": net.state_dict()}, ckpt)
+    infer = str(BUNDLE / "configs" / "inference.json")
+    wf = ConfigWorkflow(config_file=infer, meta_file=str(BUNDLE / "configs" / "metadata.json"), workflow_type="infer",
+                        bundle_root=str(BUNDLE), checkpoint=str(ckpt), preset="tiny", spacing=[4.0, 4.0, 4.0],
+                        roi_size=[32, 32, 32], labels=[4, 17], output_dir=str(tmp_path / "out"))
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    out = nib.load(tmp_path / "out" / "mni152_t1_seg.nii.gz")
+    query = nib.load(REPO / "data" / "demo" / "mni152_t1.nii.gz")
+    assert out.shape == query.shape and np.allclose(out.affine, query.affine)
+    assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 4, 17}
