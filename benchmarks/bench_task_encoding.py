@@ -38,7 +38,7 @@ def run_one(preset: str, size: int, masks: int, device: str, memory_efficient: b
     ref_masks = torch.zeros(1, masks, size, size, size, device=device)
     for i in range(masks):
         lo = size // 8 + i * size // (4 * masks)
-        ref_masks[0, i, lo:lo + size // 2, lo:lo + size // 3, lo:lo + size // 2] = 1
+        ref_masks[0, i, lo : lo + size // 2, lo : lo + size // 3, lo : lo + size // 2] = 1
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         # warm-up on a half-size grid: loads kernels and thread pools without reaching the peak
@@ -56,29 +56,61 @@ def run_one(preset: str, size: int, masks: int, device: str, memory_efficient: b
             sync()
             times.append(time.perf_counter() - t0)
         # peak growth above model + inputs during task encoding
-        peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.startswith("cuda")
-                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+        peak = (
+            (torch.cuda.max_memory_allocated() - base) / 2**20
+            if device.startswith("cuda")
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+        )
         t0 = time.perf_counter()
         logits = net.segment(image, task)
         sync()
         seg = time.perf_counter() - t0
-    return {"memory_efficient": memory_efficient, "encode_task_s": min(times), "segment_s": seg,
-            "peak_mib": peak, "logits_abs_sum": float(logits.double().abs().sum())}
+    return {
+        "memory_efficient": memory_efficient,
+        "encode_task_s": min(times),
+        "segment_s": seg,
+        "peak_mib": peak,
+        "logits_abs_sum": float(logits.double().abs().sum()),
+    }
 
 
 def compare(preset: str, size: int, masks: int, device: str, repeats: int) -> dict:
     rows = []
     for mode in (False, True):
-        cmd = [sys.executable, __file__, "--child", "--preset", preset, "--size", str(size), "--masks", str(masks),
-               "--device", device, "--repeats", str(repeats)] + (["--efficient"] if mode else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--preset",
+            preset,
+            "--size",
+            str(size),
+            "--masks",
+            str(masks),
+            "--device",
+            device,
+            "--repeats",
+            str(repeats),
+        ] + (["--efficient"] if mode else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base, lean = rows
-    machine = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_name()}, {torch.get_num_threads()} threads"
-    return {"machine": machine, "device": device, "preset": preset, "size": size, "masks": masks,
-            "straightforward": base, "memory_efficient": lean,
-            "speedup_encode": base["encode_task_s"] / lean["encode_task_s"],
-            "peak_ratio": lean["peak_mib"] / base["peak_mib"]}
+    machine = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
+    return {
+        "machine": machine,
+        "device": device,
+        "preset": preset,
+        "size": size,
+        "masks": masks,
+        "straightforward": base,
+        "memory_efficient": lean,
+        "speedup_encode": base["encode_task_s"] / lean["encode_task_s"],
+        "peak_ratio": lean["peak_mib"] / base["peak_mib"],
+    }
 
 
 def main() -> None:
@@ -101,9 +133,15 @@ def main() -> None:
         res = compare(args.preset, args.size, args.masks, device, args.repeats)
         b, m = res["straightforward"], res["memory_efficient"]
         print(f"{res['machine']} | preset={args.preset} size={args.size}^3 masks={args.masks} device={device}")
-        print(f"  straightforward : encode_task {b['encode_task_s']:.3f} s, extra peak {b['peak_mib']:.0f} MiB, segment {b['segment_s']:.3f} s")
-        print(f"  memory_efficient: encode_task {m['encode_task_s']:.3f} s, extra peak {m['peak_mib']:.0f} MiB, segment {m['segment_s']:.3f} s")
-        print(f"  ratio (efficient/straightforward): time {1 / res['speedup_encode']:.2f}x, peak memory {res['peak_ratio']:.2f}x")
+        print(
+            f"  straightforward : encode_task {b['encode_task_s']:.3f} s, extra peak {b['peak_mib']:.0f} MiB, segment {b['segment_s']:.3f} s"
+        )
+        print(
+            f"  memory_efficient: encode_task {m['encode_task_s']:.3f} s, extra peak {m['peak_mib']:.0f} MiB, segment {m['segment_s']:.3f} s"
+        )
+        print(
+            f"  ratio (efficient/straightforward): time {1 / res['speedup_encode']:.2f}x, peak memory {res['peak_ratio']:.2f}x"
+        )
         print(json.dumps(res))
 
 

@@ -27,15 +27,18 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from components.network.nets import build_network  # noqa: E402
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
+
+from components.network.nets import build_network  # noqa: E402
 
 PAPER_TABLE8_H100 = {"reference_ms": 39.72, "query_ms": 49.00, "full_ms": 88.84, "peak_gb": 6.3}
 STAGES = ("reference", "query", "full")
@@ -111,8 +114,9 @@ def run_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, float 
     return ms, growth, cpu_ms
 
 
-def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks: int,
-                 warmup: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+def bench_config(
+    preset: str, size: int, device: torch.device, bf16: bool, masks: int, warmup: int, repeats: int, seed: int = 0
+) -> dict[str, Any]:
     """All stages x both task-encoder modes for one (preset, size, precision) on one device.
 
     Modes are interleaved (and their order alternated) in every repeat so that a change in machine
@@ -133,8 +137,13 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
         net.memory_efficient = MODES[name]
 
     results: dict[str, Any] = {
-        "preset": preset, "size": size, "masks": masks, "precision": "bf16 autocast" if bf16 else "fp32",
-        "device": device.type, "warmup_full_forwards": max(warmup, 1), "repeats": repeats,
+        "preset": preset,
+        "size": size,
+        "masks": masks,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "device": device.type,
+        "warmup_full_forwards": max(warmup, 1),
+        "repeats": repeats,
         "parameters": sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers()),
     }
     raw: dict[str, dict[str, list[tuple[float, float | None, float]]]] = {m: {s: [] for s in STAGES} for m in MODES}
@@ -154,9 +163,9 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
         }
         for stage in STAGES:
             for r in range(repeats):
-                for name in (list(MODES) if r % 2 == 0 else list(reversed(MODES))):
+                for name in list(MODES) if r % 2 == 0 else list(reversed(MODES)):
                     set_mode(name)
-                    raw[name][stage].append(run_once(lambda: stage_fns[stage](name), device))
+                    raw[name][stage].append(run_once(partial(stage_fns[stage], name), device))
         set_mode("ours")
     for name in MODES:
         results[name] = {}
@@ -164,11 +173,18 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
             times = [t for t, _, _ in raw[name][stage]]
             peaks = [p for _, p, _ in raw[name][stage] if p is not None]
             cpu = [c for _, _, c in raw[name][stage]]
-            results[name][stage] = {"ms": statistics.median(times), "ms_min": min(times),
-                                    "ms_all": [round(t, 2) for t in times], "peak_gb": max(peaks) if peaks else None,
-                                    "cpu_ms": statistics.median(cpu)}
-        print(f"  {preset} {size}^3 {results['precision']} {name}: "
-              + ", ".join(f"{s} {results[name][s]['ms']:.1f} ms" for s in STAGES), flush=True)
+            results[name][stage] = {
+                "ms": statistics.median(times),
+                "ms_min": min(times),
+                "ms_all": [round(t, 2) for t in times],
+                "peak_gb": max(peaks) if peaks else None,
+                "cpu_ms": statistics.median(cpu),
+            }
+        print(
+            f"  {preset} {size}^3 {results['precision']} {name}: "
+            + ", ".join(f"{s} {results[name][s]['ms']:.1f} ms" for s in STAGES),
+            flush=True,
+        )
     results["max_abs_logit_diff"] = (outputs["ours"] - outputs["release-style"]).abs().max().item()
     results["ratio_release_over_ours"] = {
         stage: {
@@ -178,7 +194,7 @@ def bench_config(preset: str, size: int, device: torch.device, bf16: bool, masks
         }
         for stage in STAGES
     }
-    del net
+    net = None  # free the network before the next configuration
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return results
@@ -224,8 +240,10 @@ def markdown(config: dict[str, Any]) -> str:
 
 def paper_table() -> str:
     p = PAPER_TABLE8_H100
-    return ("Paper Table 8 (H100, bf16, 128^3): reference {reference_ms} ms, query {query_ms} ms, "
-            "full {full_ms} ms, peak {peak_gb} GB".format(**p))
+    return (
+        "Paper Table 8 (H100, bf16, 128^3): reference {reference_ms} ms, query {query_ms} ms, "
+        "full {full_ms} ms, peak {peak_gb} GB".format(**p)
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -234,8 +252,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--masks", type=int, default=1, help="reference masks (classes) per task")
     parser.add_argument("--cpu-preset", default="small")
     parser.add_argument("--cpu-size", type=int, default=64, help="fp32 CPU volume size")
-    parser.add_argument("--cpu-bf16-size", type=int, default=32,
-                        help="bf16 CPU volume size (bf16 convs are slow on CPUs without AVX-512 BF16)")
+    parser.add_argument(
+        "--cpu-bf16-size",
+        type=int,
+        default=32,
+        help="bf16 CPU volume size (bf16 convs are slow on CPUs without AVX-512 BF16)",
+    )
     parser.add_argument("--cpu-warmup", type=int, default=1, help="warm-up full forwards per mode")
     parser.add_argument("--cpu-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -272,8 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["runs"].append(run)
             tables.append(markdown(run))
         m = report["cpu_machine"]
-        sections.append(f"### CPU: {m['cpu']}, {m['cpu_threads']} threads, load average "
-                        f"{m.get('load_average_1min', 'n/a')}\n\n" + "\n\n".join(tables))
+        sections.append(
+            f"### CPU: {m['cpu']}, {m['cpu_threads']} threads, load average "
+            f"{m.get('load_average_1min', 'n/a')}\n\n" + "\n\n".join(tables)
+        )
     text = "\n\n".join(sections) if sections else "nothing to run (no GPU and --skip-cpu)"
     print("\n" + text)
     if args.out is not None:

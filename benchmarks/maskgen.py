@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,18 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 from monai.transforms import Compose  # noqa: E402
 
 from components.data.loading import load_transforms  # noqa: E402
 from components.maskgen.postprocess import MaskPostprocessd  # noqa: E402
-from components.maskgen.sources import SLICMasksd  # noqa: E402
 from components.maskgen.sam2.intensity import SAM2Intensityd  # noqa: E402
 from components.maskgen.sam2.masks2d import auto_masks_2d, make_mask_generator  # noqa: E402
 from components.maskgen.sam2.model import autocast_ctx, build_sam2_predictor  # noqa: E402
-from components.maskgen.sam2.propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,  # noqa: E402
-                                         propagate_per_object, volume_frames)
+from components.maskgen.sam2.propagation import (  # noqa: E402
+    FrameAccumulator,
+    cache_backbone,
+    make_state,
+    propagate_batched,
+    propagate_per_object,
+    volume_frames,
+)
 from components.maskgen.slices import SeedSlicesd  # noqa: E402
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
+from components.maskgen.sources import SLICMasksd  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 SHARED = Path(os.environ.get("MASS_SHARED_DIR", ROOT.parent / "shared")) / "data"
@@ -114,12 +120,28 @@ def bench_slic(path: Path, n_segments: list[int]) -> dict:
     with phase(rec, "postprocess", dev):
         d = MaskPostprocessd()(d)
     total = sum(v["s"] for v in rec.values())
-    return {"source": "slic", "volume": path.name, "shape": list(d["image"].shape[1:]), "phases": rec,
-            "total_s": total, "n_raw": n_raw, "n_masks": len(d["masks"])}
+    return {
+        "source": "slic",
+        "volume": path.name,
+        "shape": list(d["image"].shape[1:]),
+        "phases": rec,
+        "total_s": total,
+        "n_raw": n_raw,
+        "n_masks": len(d["masks"]),
+    }
 
 
-def bench_sam2(d0: dict, config: str, image_size: int, device: torch.device, amg: dict, max_masks: int,
-               objects_per_batch: int, max_seeds: int | None, name: str) -> dict:
+def bench_sam2(
+    d0: dict,
+    config: str,
+    image_size: int,
+    device: torch.device,
+    amg: dict,
+    max_masks: int,
+    objects_per_batch: int,
+    max_seeds: int | None,
+    name: str,
+) -> dict:
     rec: dict[str, Any] = {}
     pred = build_sam2_predictor(config, None, device, image_size=image_size)
     gen = make_mask_generator(pred, amg)
@@ -145,7 +167,7 @@ def bench_sam2(d0: dict, config: str, image_size: int, device: torch.device, amg
     with phase(rec, "propagation", device):
         for s, ms in found.items():
             for c in range(0, len(ms), objects_per_batch):
-                chunk = ms[c:c + objects_per_batch]
+                chunk = ms[c : c + objects_per_batch]
                 acc = FrameAccumulator(len(chunk), axis, tuple(rgb.shape[1:]))
                 seg = torch.from_numpy(np.stack([m["segmentation"] for m in chunk]))
                 with autocast_ctx(device):
@@ -159,9 +181,18 @@ def bench_sam2(d0: dict, config: str, image_size: int, device: torch.device, amg
     with phase(rec, "postprocess", device):
         d = MaskPostprocessd(min_voxels=10, reference_spacing=plan["spacing"])(d)
     n2d = sum(len(v) for v in found.values())
-    return {"source": name, "shape": list(rgb.shape[1:]), "frames": int(frames.shape[0]), "seeds": len(seeds),
-            "image_size": image_size, "phases": rec, "total_s": sum(v["s"] for v in rec.values()),
-            "n_masks_2d": n2d, "n_raw": len(masks), "n_masks": len(d["masks"])}
+    return {
+        "source": name,
+        "shape": list(rgb.shape[1:]),
+        "frames": int(frames.shape[0]),
+        "seeds": len(seeds),
+        "image_size": image_size,
+        "phases": rec,
+        "total_s": sum(v["s"] for v in rec.values()),
+        "n_masks_2d": n2d,
+        "n_raw": len(masks),
+        "n_masks": len(d["masks"]),
+    }
 
 
 def _seed_objects(d: dict, s: int, n: int) -> torch.Tensor:
@@ -176,7 +207,7 @@ def _seed_objects(d: dict, s: int, n: int) -> torch.Tensor:
         for i in range(k):
             for j in range(k):
                 t = np.zeros_like(m)
-                t[i * H // k:(i + 1) * H // k, j * W // k:(j + 1) * W // k] = True
+                t[i * H // k : (i + 1) * H // k, j * W // k : (j + 1) * W // k] = True
                 if (m & t).sum() > 10:
                     out.append(m & t)
     while len(out) < n:
@@ -184,8 +215,9 @@ def _seed_objects(d: dict, s: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(out[:n]))
 
 
-def bench_batching(d0: dict, config: str, image_size: int, device: torch.device, n_objects: list[int],
-                   n_frames: int) -> list[dict]:
+def bench_batching(
+    d0: dict, config: str, image_size: int, device: torch.device, n_objects: list[int], n_frames: int
+) -> list[dict]:
     pred = build_sam2_predictor(config, None, device, image_size=image_size)
     d = SAM2Intensityd("image", modality="CT", profile="chest")(d0)
     rgb = torch.as_tensor(d["rgb"])[..., :n_frames]
@@ -216,8 +248,10 @@ def bench_batching(d0: dict, config: str, image_size: int, device: torch.device,
 
 def _table(rows: list[dict]) -> str:
     names = ["preprocess", "encode", "masks_3d", "masks_2d", "propagation", "postprocess"]
-    lines = ["| source | device | volume / frames | " + " | ".join(names) + " | total s | masks (2D -> 3D kept) |",
-             "|" + "---|" * (len(names) + 5)]
+    lines = [
+        "| source | device | volume / frames | " + " | ".join(names) + " | total s | masks (2D -> 3D kept) |",
+        "|" + "---|" * (len(names) + 5),
+    ]
     for r in rows:
         cells = []
         for n in names:
@@ -227,21 +261,31 @@ def _table(rows: list[dict]) -> str:
             else:
                 mem = f"{p['peak_gpu_mb']:.0f} MB GPU" if "peak_gpu_mb" in p else f"{p['peak_rss_mb']:.0f} MB RSS"
                 cells.append(f"{p['s']:.2f} s / {mem}")
-        vol = r.get("volume", f"{r['shape']} x {r.get('frames', '')}f, {r.get('seeds', '')} seeds @{r.get('image_size')}")
-        lines.append(f"| {r['source']} | {r['device']} | {vol} | " + " | ".join(cells) +
-                     f" | {r['total_s']:.1f} | {r.get('n_masks_2d', '-')} -> {r['n_raw']} -> {r['n_masks']} |")
+        vol = r.get(
+            "volume", f"{r['shape']} x {r.get('frames', '')}f, {r.get('seeds', '')} seeds @{r.get('image_size')}"
+        )
+        lines.append(
+            f"| {r['source']} | {r['device']} | {vol} | "
+            + " | ".join(cells)
+            + f" | {r['total_s']:.1f} | {r.get('n_masks_2d', '-')} -> {r['n_raw']} -> {r['n_masks']} |"
+        )
     return "\n".join(lines)
 
 
 def _btable(rows: list[dict]) -> str:
-    lines = ["| device | config @size | objects x frames | batched s | per-object s | speed-up | voxels agree | exact | "
-             "ms/object-frame batched / stock | peak mem batched / per-object |", "|" + "---|" * 10]
+    lines = [
+        "| device | config @size | objects x frames | batched s | per-object s | speed-up | voxels agree | exact | "
+        "ms/object-frame batched / stock | peak mem batched / per-object |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         key = "peak_gpu_mb" if "peak_gpu_mb" in r["batched"] else "peak_rss_mb"
-        lines.append(f"| {r['device']} | {Path(r['config']).stem} @{r['image_size']} | {r['objects']} x {r['frames']} | "
-                     f"{r['batched']['s']:.2f} | {r['per_object']['s']:.2f} | {r['speedup']:.2f}x | "
-                     f"{100 * r['agreement']:.3f}% | {r['exact']} | {r['per_object_frame_ms_batched']:.1f} / "
-                     f"{r['per_object_frame_ms_stock']:.1f} | {r['batched'][key]:.0f} / {r['per_object'][key]:.0f} MB |")
+        lines.append(
+            f"| {r['device']} | {Path(r['config']).stem} @{r['image_size']} | {r['objects']} x {r['frames']} | "
+            f"{r['batched']['s']:.2f} | {r['per_object']['s']:.2f} | {r['speedup']:.2f}x | "
+            f"{100 * r['agreement']:.3f}% | {r['exact']} | {r['per_object_frame_ms_batched']:.1f} / "
+            f"{r['per_object_frame_ms_stock']:.1f} | {r['batched'][key]:.0f} / {r['per_object'][key]:.0f} MB |"
+        )
     return "\n".join(lines)
 
 
@@ -254,8 +298,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     tiny, large = "configs/sam2.1/sam2.1_hiera_t.yaml", "configs/sam2.1/sam2.1_hiera_l.yaml"
     thr0 = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-    info = {"cpu": cpu_name(), "threads": a.threads, "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info = {
+        "cpu": cpu_name(),
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     rows: list[dict] = []
     brows: list[dict] = []
     cpu = torch.device("cpu")
@@ -274,7 +322,11 @@ def main() -> None:
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(f"GPU part on {info['gpu']}", flush=True)
-        ct = load_ct(SHARED / "ct" / "lung1_ct.nii.gz") if (SHARED / "ct").is_dir() else load_ct(DEMO / "lung1_ct.nii.gz")
+        ct = (
+            load_ct(SHARED / "ct" / "lung1_ct.nii.gz")
+            if (SHARED / "ct").is_dir()
+            else load_ct(DEMO / "lung1_ct.nii.gz")
+        )
         amg = dict(thr0, points_per_side=32, points_per_batch=128, crop_n_layers=1)
         for cfg, nm in ((tiny, "sam2 tiny"), (large, "sam2 large")):
             rows.append(dict(bench_sam2(ct, cfg, 1024, gpu, amg, 70, 64, 4, nm), device="cuda"))

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 from torch.utils.data import DataLoader
 
 from components.data.loading import load_volume
-from components.pretrain.ema import ModelEMA
-from components.pretrain.lamb import Lamb
-from components.pretrain.losses import DiceBCELoss
 from components.io.maskset import write_maskset
 from components.network.nets import build_network
 from components.pretrain.data import MaskPretrainDataset, TwoViewSampler
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
+from components.pretrain.ema import ModelEMA
+from components.pretrain.lamb import Lamb
+from components.pretrain.losses import DiceBCELoss
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASS_SHARED_DIR", REPO.parent / "shared")) / "data" / "mri"
@@ -52,9 +52,13 @@ def make_masks(out: Path) -> list[dict]:
     return data
 
 
-def bench_data(data: list[dict], cache: Path, spacing: float, crop: int, margin: int, samples: int, workers: int) -> dict:
+def bench_data(
+    data: list[dict], cache: Path, spacing: float, crop: int, margin: int, samples: int, workers: int
+) -> dict:
     t0 = time.perf_counter()
-    ds = MaskPretrainDataset(data, cache, spacing=(spacing,) * 3, crop_size=(crop,) * 3, context_margin=margin, max_masks=13)
+    ds = MaskPretrainDataset(
+        data, cache, spacing=(spacing,) * 3, crop_size=(crop,) * 3, context_margin=margin, max_masks=13
+    )
     prep = time.perf_counter() - t0
     out = {"setting": f"{spacing} mm, {crop}^3 from {crop + margin}^3, 13 masks", "prepare_s": round(prep, 2)}
     for w in sorted({0, workers}):
@@ -93,9 +97,17 @@ def bench_train(preset: str, size: int, masks: int, batch: int, steps: int, devi
         if i:  # first step excluded (allocation, autotuning)
             times.append(time.perf_counter() - t0)
     step = float(np.median(times))
-    res = {"preset": preset, "window": size, "masks": masks, "batch": batch, "bf16": bf16, "device": device,
-           "step_s": round(step, 3), "samples_per_s": round(batch / step, 3),
-           "vs_release_per_gpu": round(batch / step / RELEASE_SAMPLES_PER_S_PER_GPU, 3)}
+    res = {
+        "preset": preset,
+        "window": size,
+        "masks": masks,
+        "batch": batch,
+        "bf16": bf16,
+        "device": device,
+        "step_s": round(step, 3),
+        "samples_per_s": round(batch / step, 3),
+        "vs_release_per_gpu": round(batch / step / RELEASE_SAMPLES_PER_S_PER_GPU, 3),
+    }
     if device == "cuda":
         res["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return res
@@ -110,8 +122,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    report: dict = {"cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads, "torch": torch.__version__,
-                    "release_samples_per_s_per_gpu": round(RELEASE_SAMPLES_PER_S_PER_GPU, 3)}
+    report: dict = {
+        "cpu": f"{cpu_name()} ({os.cpu_count()} cores)",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "release_samples_per_s_per_gpu": round(RELEASE_SAMPLES_PER_S_PER_GPU, 3),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = make_masks(Path(tmp))
         report["data_paper"] = bench_data(data, Path(tmp) / "cache15", 1.5, 128, 40, args.samples, args.workers)

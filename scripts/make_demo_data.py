@@ -34,13 +34,22 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: type) -> None:
     nib.save(img, str(path))
 
 
-def derive(image: Path, label: Path | None, spacing: tuple[float, ...] | None, threshold: float,
-           out_image: Path, out_label: Path | None, margin: int = 2) -> None:
+def derive(
+    image: Path,
+    label: Path | None,
+    spacing: tuple[float, ...] | None,
+    threshold: float,
+    out_image: Path,
+    out_label: Path | None,
+    margin: int = 2,
+) -> None:
     keys = ["image"] + (["label"] if label is not None else [])
     xs = [LoadImaged(keys, ensure_channel_first=True, image_only=True)]
     if spacing is not None:
         xs.append(Spacingd(keys, pixdim=spacing, mode=["bilinear"] + ["nearest"] * (len(keys) - 1)))
-    xs.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > threshold, margin=margin, allow_smaller=True))
+    xs.append(
+        CropForegroundd(keys, source_key="image", select_fn=lambda x: x > threshold, margin=margin, allow_smaller=True)
+    )
     d = Compose(xs)({"image": str(image), **({"label": str(label)} if label is not None else {})})
     img = d["image"]
     _save(np.rint(img[0].numpy()), img.affine.numpy(), out_image, np.int16)
@@ -58,21 +67,43 @@ def main() -> None:
     src, out = a.shared, a.out
     out.mkdir(parents=True, exist_ok=True)
     mri = src / "mri"
-    derive(mri / "colin27_t1.nii.gz", mri / "colin27_samseg.nii.gz", (2.0, 2.0, 2.0), 5,
-           out / "colin27_t1.nii.gz", out / "colin27_seg.nii.gz")
-    derive(mri / "mni152_t1.nii.gz", mri / "mni152_samseg.nii.gz", (2.0, 2.0, 2.0), 5,
-           out / "mni152_t1.nii.gz", out / "mni152_seg.nii.gz")
+    derive(
+        mri / "colin27_t1.nii.gz",
+        mri / "colin27_samseg.nii.gz",
+        (2.0, 2.0, 2.0),
+        5,
+        out / "colin27_t1.nii.gz",
+        out / "colin27_seg.nii.gz",
+    )
+    derive(
+        mri / "mni152_t1.nii.gz",
+        mri / "mni152_samseg.nii.gz",
+        (2.0, 2.0, 2.0),
+        5,
+        out / "mni152_t1.nii.gz",
+        out / "mni152_seg.nii.gz",
+    )
     shutil.copyfile(mri / "itk_t1.nii.gz", out / "itk_t1.nii.gz")
     shutil.copyfile(mri / "itk_samseg.nii.gz", out / "itk_seg.nii.gz")
-    derive(src / "ct" / "lung1_ct.nii.gz", src / "ct" / "lung1_tumor.nii.gz", (1.5, 1.5, 5.0), -500,
-           out / "lung1_ct.nii.gz", out / "lung1_tumor.nii.gz")
+    derive(
+        src / "ct" / "lung1_ct.nii.gz",
+        src / "ct" / "lung1_tumor.nii.gz",
+        (1.5, 1.5, 5.0),
+        -500,
+        out / "lung1_ct.nii.gz",
+        out / "lung1_tumor.nii.gz",
+    )
     derive(src / "ct" / "head_ct.nii.gz", None, (2.0, 2.0, 2.0), -500, out / "head_ct.nii.gz", None)
     shutil.copyfile(src / "labels_samseg.json", out / "labels.json")
     datalist = {
-        "mri": [{"image": f"{n}_t1.nii.gz", "label": f"{n}_seg.nii.gz", "modality": "MR"}
-                for n in ("colin27", "mni152", "itk")],
-        "ct": [{"image": "lung1_ct.nii.gz", "label": "lung1_tumor.nii.gz", "modality": "CT"},
-               {"image": "head_ct.nii.gz", "modality": "CT"}],
+        "mri": [
+            {"image": f"{n}_t1.nii.gz", "label": f"{n}_seg.nii.gz", "modality": "MR"}
+            for n in ("colin27", "mni152", "itk")
+        ],
+        "ct": [
+            {"image": "lung1_ct.nii.gz", "label": "lung1_tumor.nii.gz", "modality": "CT"},
+            {"image": "head_ct.nii.gz", "modality": "CT"},
+        ],
     }
     datalist["all"] = [{k: v for k, v in d.items() if k != "label"} for d in datalist["mri"] + datalist["ct"]]
     (out / "datalist.json").write_text(json.dumps(datalist, indent=1) + "\n")

@@ -57,6 +57,10 @@ def test_components_resolve_from_a_copied_bundle(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(dst / "configs" / "where.json")],
-        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert Path((tmp_path / "where.txt").read_text()).resolve().is_relative_to(dst.resolve())

@@ -93,8 +93,9 @@ def datalist_from_folder(
     if label_suffix:
         candidates = [p for p in candidates if not _stem(p).endswith(label_suffix)]
     if not candidates:
-        raise VolumeError(root, f"no volumes found (expected files ending in {', '.join(VOLUME_SUFFIXES)} "
-                                "or DICOM series folders)")
+        raise VolumeError(
+            root, f"no volumes found (expected files ending in {', '.join(VOLUME_SUFFIXES)} or DICOM series folders)"
+        )
     out = []
     for img in candidates:
         item = {"image": str(img.resolve())}
@@ -102,7 +103,7 @@ def datalist_from_folder(
             if label_dir is not None:
                 lab = Path(label_dir) / img.name
             else:
-                ext = img.name[len(_stem(img)):]
+                ext = img.name[len(_stem(img)) :]
                 lab = img.with_name(f"{_stem(img)}{label_suffix}{ext}")
             if not lab.exists():
                 raise VolumeError(lab, f"label file for image {img.name} does not exist")
@@ -179,7 +180,11 @@ def build_datalist(
     elif src.suffix.lower() == ".json":
         if not src.exists():
             raise VolumeError(src, "datalist file does not exist")
-        data = datalist_from_decathlon(src, section or "training") if _is_decathlon(src) else datalist_from_json(src, section)
+        data = (
+            datalist_from_decathlon(src, section or "training")
+            if _is_decathlon(src)
+            else datalist_from_json(src, section)
+        )
     else:
         raise VolumeError(src, "expected a folder of volumes or a .json datalist")
     if check_files:
@@ -214,14 +219,18 @@ class LoadVolumed(LoadImaged):
         except VolumeError:
             raise
         except Exception as e:  # readers raise many types (OSError, EOFError, RuntimeError, ...)
-            name = next((data[k] for k in self.key_iterator(dict(data)) if isinstance(data[k], (str, os.PathLike))), "?")
+            name = next(
+                (data[k] for k in self.key_iterator(dict(data)) if isinstance(data[k], (str, os.PathLike))), "?"
+            )
             for k in self.key_iterator(dict(data)):  # name the file that actually fails
                 try:
                     LoadImaged(k, ensure_channel_first=False, image_only=True)({k: data[k]})
                 except Exception:
                     name = data[k]
                     break
-            raise VolumeError(name, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise VolumeError(
+                name, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
 
 
 def _source(t: Any, fallback: str) -> str:
@@ -261,13 +270,19 @@ class CheckVolumed(MapTransform):
         if len(shape) != 4:
             raise VolumeError(src, f"has {len(shape) - 1} spatial dimensions (shape {shape}); a 3D volume is required")
         if shape[0] != 1:
-            raise VolumeError(src, f"is 4D or multi-channel ({shape[0]} volumes of {shape[1:]}); "
-                                   "a single 3D volume is required")
+            raise VolumeError(
+                src, f"is 4D or multi-channel ({shape[0]} volumes of {shape[1:]}); a single 3D volume is required"
+            )
         if min(shape[1:]) == 0:
             raise VolumeError(src, f"is empty (shape {shape[1:]})")
         if min(shape[1:]) < 2:
             raise VolumeError(src, f"is a single slice (shape {shape[1:]}); a 3D volume is required")
-        if torch.is_tensor(x) and x.is_floating_point() or isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+        if (
+            torch.is_tensor(x)
+            and x.is_floating_point()
+            or isinstance(x, np.ndarray)
+            and np.issubdtype(x.dtype, np.floating)
+        ):
             finite = torch.isfinite(torch.as_tensor(x))
             if not bool(finite.any()):
                 raise VolumeError(src, "all voxels are NaN/inf")
@@ -292,14 +307,21 @@ class CheckVolumed(MapTransform):
                 continue
             other = d[key]
             if tuple(other.shape[1:]) != tuple(ref.shape[1:]):
-                raise VolumeError(_source(other, str(key)), f"grid {tuple(other.shape[1:])} does not match image "
-                                  f"{_source(ref, self.image_key)} grid {tuple(ref.shape[1:])}")
+                raise VolumeError(
+                    _source(other, str(key)),
+                    f"grid {tuple(other.shape[1:])} does not match image "
+                    f"{_source(ref, self.image_key)} grid {tuple(ref.shape[1:])}",
+                )
             a_ref, a_other = getattr(ref, "affine", None), getattr(other, "affine", None)
-            if a_ref is not None and a_other is not None and not np.allclose(
-                np.asarray(a_ref), np.asarray(a_other), atol=self.affine_atol
+            if (
+                a_ref is not None
+                and a_other is not None
+                and not np.allclose(np.asarray(a_ref), np.asarray(a_other), atol=self.affine_atol)
             ):
-                raise VolumeError(_source(other, str(key)), "affine (position/spacing/orientation) does not match "
-                                  f"image {_source(ref, self.image_key)}")
+                raise VolumeError(
+                    _source(other, str(key)),
+                    f"affine (position/spacing/orientation) does not match image {_source(ref, self.image_key)}",
+                )
         return d
 
 

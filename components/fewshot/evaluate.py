@@ -34,8 +34,15 @@ from components.data.loading import LoadVolumed
 from components.fewshot.tasks import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.inference.incontext import InContextInferer, binarize
 
-__all__ = ["MasksToLabelMapd", "masks_to_labelmap", "segment_volume", "score_case", "evaluate", "summarize",
-           "HausdorffDistanceMM"]
+__all__ = [
+    "MasksToLabelMapd",
+    "masks_to_labelmap",
+    "segment_volume",
+    "score_case",
+    "evaluate",
+    "summarize",
+    "HausdorffDistanceMM",
+]
 
 
 def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,8 +51,11 @@ def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) ->
     Where masks overlap the class with the highest probability wins (or the last one without ``probs``).
     """
     masks = torch.as_tensor(masks)
-    score = torch.as_tensor(probs).float() if probs is not None else torch.arange(1, masks.shape[0] + 1).float().view(
-        -1, *([1] * (masks.dim() - 1))).expand_as(masks)
+    score = (
+        torch.as_tensor(probs).float()
+        if probs is not None
+        else torch.arange(1, masks.shape[0] + 1).float().view(-1, *([1] * (masks.dim() - 1))).expand_as(masks)
+    )
     score = torch.where(masks > 0, score, torch.full_like(score, -1.0))
     label = torch.where((masks > 0).any(0), score.argmax(0) + 1, torch.zeros_like(score[0], dtype=torch.long))
     return label[None].to(torch.uint8 if masks.shape[0] < 255 else torch.int16)
@@ -59,8 +69,11 @@ class MasksToLabelMapd(MapTransform):
         for key in self.key_iterator(d):
             x = d[key]
             lab = masks_to_labelmap(torch.as_tensor(x))
-            d[key] = MetaTensor(lab, meta=dict(x.meta), applied_operations=list(x.applied_operations)) \
-                if isinstance(x, MetaTensor) else lab
+            d[key] = (
+                MetaTensor(lab, meta=dict(x.meta), applied_operations=list(x.applied_operations))
+                if isinstance(x, MetaTensor)
+                else lab
+            )
         return d
 
 
@@ -102,12 +115,19 @@ class HausdorffDistanceMM(IgniteMetricHandler):
     decollated batch, or a batch-first MetaTensor ``[B, M, X, Y, Z]``).
     """
 
-    def __init__(self, percentile: float | None = 95, include_background: bool = True,
-                 reduction: str = "mean_batch", output_transform: Callable = from_engine(["pred", "label"]),
-                 save_details: bool = True) -> None:
-        metric_fn = HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
-                                            reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    def __init__(
+        self,
+        percentile: float | None = 95,
+        include_background: bool = True,
+        reduction: str = "mean_batch",
+        output_transform: Callable | None = None,
+        save_details: bool = True,
+    ) -> None:
+        metric_fn = HausdorffDistanceMetric(
+            include_background=include_background, percentile=percentile, reduction=reduction
+        )
+        transform = output_transform if output_transform is not None else from_engine(["pred", "label"])
+        super().__init__(metric_fn=metric_fn, output_transform=transform, save_details=save_details)
 
     @staticmethod
     def _spacing(pred: Any) -> list[list[float]]:
@@ -147,7 +167,8 @@ def score_case(
     if bool(present.any()):
         idx = torch.nonzero(present)[:, 0]
         hd_p = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
-            pred[:, idx], gt[:, idx], spacing=[float(s) for s in spacing])[0]
+            pred[:, idx], gt[:, idx], spacing=[float(s) for s in spacing]
+        )[0]
         hd[idx] = hd_p.float()
     worst = _diagonal_mm(gt.shape[2:], spacing)
     out: dict[str, dict[str, float] | None] = {}
@@ -185,14 +206,21 @@ def evaluate(
             pred = segment_volume(predictor, item["image"], spacing, roi_size, modality, device=device)
             gt = load_label({"label": item["label"]})["label"]
             if tuple(gt.shape[1:]) != tuple(pred.shape[1:]):
-                raise ValueError(f"{item['label']}: label grid {tuple(gt.shape[1:])} differs from image grid "
-                                 f"{tuple(pred.shape[1:])}")
+                raise ValueError(
+                    f"{item['label']}: label grid {tuple(gt.shape[1:])} differs from image grid {tuple(pred.shape[1:])}"
+                )
             vox = np.sqrt((np.asarray(gt.affine)[:3, :3] ** 2).sum(0))
             scores = score_case(pred, gt, vox.tolist(), names)
             if save_dir is not None:
                 lab = MetaTensor(masks_to_labelmap(pred), meta=dict(pred.meta))
-                SaveImage(output_dir=str(save_dir), output_postfix="fewshot", separate_folder=False,
-                          output_dtype=np.uint8, resample=False, print_log=False)(lab)
+                SaveImage(
+                    output_dir=str(save_dir),
+                    output_postfix="fewshot",
+                    separate_folder=False,
+                    output_dtype=np.uint8,
+                    resample=False,
+                    print_log=False,
+                )(lab)
             cases.append({"image": str(item["image"]), "scores": scores})
         except (ValueError, OSError, RuntimeError) as exc:
             failed[str(item["image"])] = str(exc)
@@ -220,7 +248,12 @@ def summarize(cases: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[
             excluded[c["image"]] = absent
     finite_d = [v for v in dice.values() if math.isfinite(v)]
     finite_h = [v for v in hd95.values() if math.isfinite(v)]
-    return {"dice": dice, "hd95": hd95, "dice_mean": float(np.mean(finite_d)) if finite_d else float("nan"),
-            "hd95_mean": float(np.mean(finite_h)) if finite_h else float("nan"), "n_cases": len(cases),
-            "excluded": excluded, "cases": list(cases)}
-
+    return {
+        "dice": dice,
+        "hd95": hd95,
+        "dice_mean": float(np.mean(finite_d)) if finite_d else float("nan"),
+        "hd95_mean": float(np.mean(finite_h)) if finite_h else float("nan"),
+        "n_cases": len(cases),
+        "excluded": excluded,
+        "cases": list(cases),
+    }

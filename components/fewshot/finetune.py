@@ -119,9 +119,15 @@ def finetune_transforms(
     xs = preprocessing(("image", "label"), spacing=spacing, modality=modality, classes=classes)
     xs += [
         SpatialPadd(("image", "label"), spatial_size=tuple(patch_size), mode="minimum"),
-        RandCropByLabelClassesd(("image", "label"), label_key="label", spatial_size=tuple(patch_size),
-                                num_classes=len(classes), ratios=[1.0] * len(classes), num_samples=num_samples,
-                                warn=False),
+        RandCropByLabelClassesd(
+            ("image", "label"),
+            label_key="label",
+            spatial_size=tuple(patch_size),
+            num_classes=len(classes),
+            ratios=[1.0] * len(classes),
+            num_samples=num_samples,
+            warn=False,
+        ),
         RandScaleIntensityd("image", factors=0.1, prob=0.2),
         RandShiftIntensityd("image", offsets=0.1, prob=0.2),
         EnsureTyped(("image", "label"), dtype=torch.float32, track_meta=False),

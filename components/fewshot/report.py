@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from components.io.atomic import atomic_write
 
 __all__ = ["collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
@@ -38,8 +39,16 @@ def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[di
     if exp is None:
         raise ValueError(f"{tracking_uri}: no MLflow experiment named {experiment!r}")
     runs = client.search_runs([exp.experiment_id], max_results=10000)
-    return [{"params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags),
-             "status": r.info.status, "run_id": r.info.run_id} for r in runs]
+    return [
+        {
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+            "status": r.info.status,
+            "run_id": r.info.run_id,
+        }
+        for r in runs
+    ]
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -71,8 +80,7 @@ def _cell(stat: tuple[float, float, int] | None, scale: float, n_all: int, digit
 
 
 def _table(agg: dict, shots: list[int], scale: float, n_all: int, header: str) -> list[str]:
-    lines = [f"| {header} | " + " | ".join(f"{s}-shot" for s in shots) + " |",
-             "|---|" + "---|" * len(shots)]
+    lines = [f"| {header} | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|" + "---|" * len(shots)]
     for (init, mode), by_shot in agg.items():
         row = f"{init} / {MODE_NAMES.get(mode, mode)}"
         lines.append(f"| {row} | " + " | ".join(_cell(by_shot.get(s), scale, n_all) for s in shots) + " |")
@@ -84,20 +92,26 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
     finished = [r for r in runs if r["status"] == "FINISHED"]
     shots = sorted({int(r["params"]["shots"]) for r in finished})
     seeds = sorted({int(r["params"]["seed"]) for r in finished})
-    classes = sorted({k[len("dice_"):] for r in finished for k in r["metrics"]
-                      if k.startswith("dice_") and k != "dice_mean"})
+    classes = sorted(
+        {k[len("dice_") :] for r in finished for k in r["metrics"] if k.startswith("dice_") and k != "dice_mean"}
+    )
     meta = finished[0]["params"] if finished else {}
-    out = [f"# Few-shot segmentation report ({experiment})", "",
-           f"Dataset `{meta.get('dataset', '?')}`, preset `{meta.get('preset', '?')}`, classes: "
-           f"{meta.get('classes', ', '.join(classes))}. Seeds: {seeds}. {len(finished)} finished runs "
-           f"read from MLflow `{tracking_uri}`.", "",
-           "## Dice (%), class mean, mean ± std over seeds", ""]
+    out = [
+        f"# Few-shot segmentation report ({experiment})",
+        "",
+        f"Dataset `{meta.get('dataset', '?')}`, preset `{meta.get('preset', '?')}`, classes: "
+        f"{meta.get('classes', ', '.join(classes))}. Seeds: {seeds}. {len(finished)} finished runs "
+        f"read from MLflow `{tracking_uri}`.",
+        "",
+        "## Dice (%), class mean, mean ± std over seeds",
+        "",
+    ]
     out += _table(aggregate(runs, "dice_mean"), shots, 100.0, len(seeds), "init / mode")
     out += ["", "## HD95 (mm), class mean, mean ± std over seeds", ""]
     out += _table(aggregate(runs, "hd95_mean"), shots, 1.0, len(seeds), "init / mode")
     for s in shots:
         out += ["", f"## Dice (%) per class, {s}-shot", ""]
-        out += [f"| init / mode | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        out += ["| init / mode | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
         per_class = {c: aggregate(runs, f"dice_{c}") for c in classes}
         rows = sorted({k for agg in per_class.values() for k in agg})
         for init, mode in rows:
@@ -112,8 +126,10 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
     failed = [r for r in runs if r["status"] == "FAILED"]
     if failed:
         out += ["", "## Failed runs", ""]
-        out += [f"- `{r['tags'].get('run_key', r['run_id'])}`: {r['tags'].get('error', '?').splitlines()[0]}"
-                for r in failed]
+        out += [
+            f"- `{r['tags'].get('run_key', r['run_id'])}`: {r['tags'].get('error', '?').splitlines()[0]}"
+            for r in failed
+        ]
     if png_name:
         out += ["", f"![Dice vs shots]({png_name})"]
     out += ["", f"Open the runs: `mlflow ui --backend-store-uri {tracking_uri}`", ""]
@@ -130,8 +146,14 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (init, mode), by_shot in aggregate(runs, "dice_mean").items():
         xs = [s for s, st in by_shot.items() if st[2] > 0]
-        ax.errorbar(xs, [by_shot[s][0] * 100 for s in xs], yerr=[by_shot[s][1] * 100 for s in xs],
-                    marker="o", capsize=3, label=f"{init} / {MODE_NAMES.get(mode, mode)}")
+        ax.errorbar(
+            xs,
+            [by_shot[s][0] * 100 for s in xs],
+            yerr=[by_shot[s][1] * 100 for s in xs],
+            marker="o",
+            capsize=3,
+            label=f"{init} / {MODE_NAMES.get(mode, mode)}",
+        )
     all_shots = sorted({s for by_shot in aggregate(runs, "dice_mean").values() for s in by_shot})
     if all_shots:
         ax.set_xticks(all_shots)
@@ -147,8 +169,7 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
     return path
 
 
-def write_report(tracking_uri: str, experiment: str = "mass_fewshot",
-                 out_dir: str | os.PathLike = ".") -> Path:
+def write_report(tracking_uri: str, experiment: str = "mass_fewshot", out_dir: str | os.PathLike = ".") -> Path:
     """Write ``<out_dir>/report.md`` and ``<out_dir>/dice_vs_shots.png``; returns the Markdown path."""
     runs = collect_runs(tracking_uri, experiment)
     out = Path(out_dir)

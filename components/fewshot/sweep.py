@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 
-from components.io.atomic import atomic_json
-from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
+from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
+from components.io.atomic import atomic_json
 
 __all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "main"]
 
@@ -92,14 +92,27 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
 
         bundle = Path(cfg["bundle_dir"]).resolve()
         overrides = {
-            "bundle_root": str(bundle), "split_file": str(Path(cfg["split_file"]).resolve()),
-            "classes": {c.name: list(c.label_ids) for c in classes}, "preset": cfg["preset"], "init": init,
-            "init_checkpoint": str(ckpt or ""), "shots": int(shots), "seed": int(seed), "output_dir": str(run_dir),
-            "ckpt_dir": str(run_dir / "models"), "spacing": list(cfg["spacing"]), "roi_size": list(cfg["roi_size"]),
-            "modality": cfg["modality"], **dict(cfg.get("ft_overrides", {})),
+            "bundle_root": str(bundle),
+            "split_file": str(Path(cfg["split_file"]).resolve()),
+            "classes": {c.name: list(c.label_ids) for c in classes},
+            "preset": cfg["preset"],
+            "init": init,
+            "init_checkpoint": str(ckpt or ""),
+            "shots": int(shots),
+            "seed": int(seed),
+            "output_dir": str(run_dir),
+            "ckpt_dir": str(run_dir / "models"),
+            "spacing": list(cfg["spacing"]),
+            "roi_size": list(cfg["roi_size"]),
+            "modality": cfg["modality"],
+            **dict(cfg.get("ft_overrides", {})),
         }
-        wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
-                            logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+        wf = ConfigWorkflow(
+            config_file=str(bundle / "configs" / "train.json"),
+            workflow_type="train",
+            logging_file=str(bundle / "configs" / "logging.conf"),
+            **overrides,
+        )
         wf.initialize()
         wf.run()
         wf.finalize()
@@ -125,8 +138,12 @@ def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
 
 def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
     """``{run_key: init_sha256}`` of the newest FINISHED run of each key."""
-    runs = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=10000,
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp_id],
+        filter_string="attributes.status = 'FINISHED'",
+        max_results=10000,
+        order_by=["attributes.start_time DESC"],
+    )
     done: dict[str, str] = {}
     for r in runs:
         if r.data.tags.get("run_key"):
@@ -134,21 +151,46 @@ def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
     return done
 
 
-def _log_run(mlflow: Any, cfg: Mapping[str, Any], key: str, init: str, mode: str, shots: int, seed: int,
-             result: Mapping[str, Any] | None, error: str | None, run_dir: Path, fingerprint: str) -> None:
+def _log_run(
+    mlflow: Any,
+    cfg: Mapping[str, Any],
+    key: str,
+    init: str,
+    mode: str,
+    shots: int,
+    seed: int,
+    result: Mapping[str, Any] | None,
+    error: str | None,
+    run_dir: Path,
+    fingerprint: str,
+) -> None:
     with mlflow.start_run(run_name=key) as run:
         mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
-        mlflow.log_params({"mode": mode, "shots": shots, "seed": seed, "init": init, "dataset": cfg["dataset"],
-                           "preset": cfg["preset"], "spacing": cfg["spacing"], "roi_size": cfg["roi_size"],
-                           "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
-                           "init_checkpoint": str(cfg["inits"].get(init) or "")})
+        mlflow.log_params(
+            {
+                "mode": mode,
+                "shots": shots,
+                "seed": seed,
+                "init": init,
+                "dataset": cfg["dataset"],
+                "preset": cfg["preset"],
+                "spacing": cfg["spacing"],
+                "roi_size": cfg["roi_size"],
+                "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
+                "init_checkpoint": str(cfg["inits"].get(init) or ""),
+            }
+        )
         if error is not None:
             mlflow.set_tag("error", error[-4000:])
             mlflow.end_run(status="FAILED")
             return
-        metrics: dict[str, float] = {"dice_mean": result["dice_mean"], "hd95_mean": result["hd95_mean"],
-                                     "n_test": result["n_cases"], "n_failed": len(result["failed"]),
-                                     "n_excluded": sum(len(v) for v in result["excluded"].values())}
+        metrics: dict[str, float] = {
+            "dice_mean": result["dice_mean"],
+            "hd95_mean": result["hd95_mean"],
+            "n_test": result["n_cases"],
+            "n_failed": len(result["failed"]),
+            "n_excluded": sum(len(v) for v in result["excluded"].values()),
+        }
         for name, v in result["dice"].items():
             metrics[f"dice_{name}"] = v
         for name, v in result["hd95"].items():
@@ -249,17 +291,31 @@ def preset_of_checkpoint(path: str | os.PathLike) -> str:
 
     cfg = infer_release_config(read_release_state_dict(path))
     for name, p in PRESETS.items():
-        if tuple(p["channels"]) == tuple(cfg["channels"]) and tuple(p["num_blocks"]) == tuple(cfg["num_blocks"]) \
-                and cfg.get("max_window", p["max_window"]) == p["max_window"] and cfg.get("tn", p["tn"]) == p["tn"]:
+        if (
+            tuple(p["channels"]) == tuple(cfg["channels"])
+            and tuple(p["num_blocks"]) == tuple(cfg["num_blocks"])
+            and cfg.get("max_window", p["max_window"]) == p["max_window"]
+            and cfg.get("tn", p["tn"]) == p["tn"]
+        ):
             return name
-    raise ValueError(f"{path}: weights (channels {cfg['channels']}, blocks {cfg['num_blocks']}) match no preset "
-                     f"of {sorted(PRESETS)}")
+    raise ValueError(
+        f"{path}: weights (channels {cfg['channels']}, blocks {cfg['num_blocks']}) match no preset of {sorted(PRESETS)}"
+    )
 
 
-def main(config: str = "bundles/mass_fewshot/configs/sweep.json", out_dir: str = "demo_output/fewshot",
-         pretrained: str | None = None, release: str | None = None, tracking_uri: str | None = None,
-         shots: Sequence[int] | None = None, seeds: Sequence[int] | None = None, modes: Sequence[str] | None = None,
-         preset: str | None = None, split_file: str | None = None, report: bool = True) -> None:
+def main(
+    config: str = "bundles/mass_fewshot/configs/sweep.json",
+    out_dir: str = "demo_output/fewshot",
+    pretrained: str | None = None,
+    release: str | None = None,
+    tracking_uri: str | None = None,
+    shots: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    modes: Sequence[str] | None = None,
+    preset: str | None = None,
+    split_file: str | None = None,
+    report: bool = True,
+) -> None:
     """Run the sweep of ``config`` into ``out_dir`` and write the report; prints and returns its path.
 
     ``pretrained``/``release``: checkpoint files adding the inits "pretrained" (our mass_pretrain

@@ -41,11 +41,10 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Transform,
 )
-
 from monai.utils import convert_to_tensor
 
-from components.io.atomic import atomic_json
 from components.data.loading import VolumeError, build_datalist, load_transforms
+from components.io.atomic import atomic_json
 
 __all__ = [
     "FewShotClass",
@@ -156,6 +155,7 @@ def preprocessing(
 
 # -- splits ------------------------------------------------------------------------------------
 
+
 def make_split(
     source: str | os.PathLike | Sequence[Mapping[str, Any]],
     out_path: str | os.PathLike,
@@ -177,7 +177,7 @@ def make_split(
     random.Random(seed).shuffle(keys)
     if n_test + n_val >= len(keys):
         raise ValueError(f"{len(keys)} patients cannot give {n_test} test + {n_val} val and >= 1 train")
-    parts = {"test": keys[:n_test], "val": keys[n_test:n_test + n_val], "train": keys[n_test + n_val:]}
+    parts = {"test": keys[:n_test], "val": keys[n_test : n_test + n_val], "train": keys[n_test + n_val :]}
     split = {k: [d for g in v for d in groups[g]] for k, v in parts.items()}
     atomic_json(out_path, split, indent=2)
     return split
@@ -230,6 +230,7 @@ def sample_support(train: Sequence[Mapping[str, Any]], shots: int, seed: int) ->
 
 # -- in-context task building ------------------------------------------------------------------
 
+
 def _crop_around(image: torch.Tensor, mask: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     from components.inference.incontext import crop_reference
 
@@ -265,18 +266,27 @@ def encode_support(
         image, masks = d["image"], d["label"]
         for m, cls in enumerate(classes):
             if float(masks[m].sum()) == 0:
-                raise EmptyReferenceError(item["label"], f"reference mask for class '{cls.name}' (label ids "
-                                          f"{list(cls.label_ids)}) is empty in this support volume")
-            ref_img, ref_mask = _crop_around(image, masks[m:m + 1], roi_size)
-            emb = net.encode_task(convert_to_tensor(ref_img, track_meta=False)[None].float().to(device),
-                                  convert_to_tensor(ref_mask, track_meta=False)[None].float().to(device))
+                raise EmptyReferenceError(
+                    item["label"],
+                    f"reference mask for class '{cls.name}' (label ids "
+                    f"{list(cls.label_ids)}) is empty in this support volume",
+                )
+            ref_img, ref_mask = _crop_around(image, masks[m : m + 1], roi_size)
+            emb = net.encode_task(
+                convert_to_tensor(ref_img, track_meta=False)[None].float().to(device),
+                convert_to_tensor(ref_mask, track_meta=False)[None].float().to(device),
+            )
             per_class[m].append(emb.detach().to("cpu"))
     joined = [TaskEmbedding.average(embs) for embs in per_class]
     task = TaskEmbedding.concat(joined)
     task.names = [c.name for c in classes]
-    task.meta = {"support": [str(s["image"]) for s in support], "spacing": [float(s) for s in spacing or []],
-                 "roi_size": [int(r) for r in roi_size], "modality": modality,
-                 "label_ids": {c.name: list(c.label_ids) for c in classes}}
+    task.meta = {
+        "support": [str(s["image"]) for s in support],
+        "spacing": [float(s) for s in spacing or []],
+        "roi_size": [int(r) for r in roi_size],
+        "modality": modality,
+        "label_ids": {c.name: list(c.label_ids) for c in classes},
+    }
     return task
 
 

@@ -35,7 +35,9 @@ def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
-def fit_roi(spatial_size: Sequence[int], roi_size: int | Sequence[int] = MAX_WINDOW, divisor: int = DIVISOR) -> tuple[int, int, int]:
+def fit_roi(
+    spatial_size: Sequence[int], roi_size: int | Sequence[int] = MAX_WINDOW, divisor: int = DIVISOR
+) -> tuple[int, int, int]:
     """Window per dim: ``min(roi, spatial rounded up to a multiple of divisor)``, at least ``2 * divisor``.
 
     A 70-voxel dim with a 128 window gives 80 (padded by 10) instead of 128 (padded by 58). The floor
@@ -44,7 +46,9 @@ def fit_roi(spatial_size: Sequence[int], roi_size: int | Sequence[int] = MAX_WIN
     roi = _triple(roi_size, "roi_size")
     if any(r % divisor for r in roi):
         raise ValueError(f"roi_size {roi} must be a multiple of {divisor} in every dim")
-    fitted = (max(min(r, 2 * divisor), min(r, divisor * math.ceil(int(s) / divisor))) for r, s in zip(roi, spatial_size))
+    fitted = (
+        max(min(r, 2 * divisor), min(r, divisor * math.ceil(int(s) / divisor))) for r, s in zip(roi, spatial_size)
+    )
     return tuple(fitted)  # type: ignore[return-value]
 
 
@@ -255,7 +259,9 @@ def crop_reference(
     msk = fg[(slice(None),) + box].to(torch.float32)
     lost = [i for i in range(msk.shape[0]) if not bool(msk[i].any())]
     if lost:
-        warnings.warn(f"crop_reference: mask channel(s) {lost} fall outside the {roi} window around the labels")
+        warnings.warn(
+            f"crop_reference: mask channel(s) {lost} fall outside the {roi} window around the labels", stacklevel=2
+        )
     pad: list[int] = []
     for e, r in zip(reversed(extent), reversed(roi)):  # F.pad order: last dim first
         diff = r - e

@@ -47,8 +47,13 @@ class CropReferenced(MapTransform):
     stored under ``"label_ids"``.
     """
 
-    def __init__(self, image_key: str = "ref_image", label_key: str = "ref_label", roi_size: Sequence[int] = (128, 128, 128),
-                 labels: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        image_key: str = "ref_image",
+        label_key: str = "ref_label",
+        roi_size: Sequence[int] = (128, 128, 128),
+        labels: Sequence[int] | None = None,
+    ) -> None:
         super().__init__([image_key, label_key])
         self.image_key, self.label_key, self.roi_size, self.labels = image_key, label_key, tuple(roi_size), labels
 
@@ -57,16 +62,20 @@ class CropReferenced(MapTransform):
         lab = torch.as_tensor(d[self.label_key]).round().to(torch.int64)
         ids = [int(i) for i in (self.labels or torch.unique(lab).tolist()) if int(i) > 0]
         if not ids:
-            raise ValueError(f"{getattr(d[self.label_key], 'meta', {}).get('filename_or_obj', self.label_key)}: "
-                             "reference mask is empty")
+            raise ValueError(
+                f"{getattr(d[self.label_key], 'meta', {}).get('filename_or_obj', self.label_key)}: "
+                "reference mask is empty"
+            )
         img, masks = crop_reference(torch.as_tensor(d[self.image_key]).float(), lab, self.roi_size, labels=ids)
         d["ref_image"], d["ref_masks"], d["label_ids"] = img, masks, torch.tensor(ids)
         return d
 
 
-def prepare_reference_batch(batchdata: Mapping[str, Any], device: Any = None, non_blocking: bool = False,
-                            **kwargs: Any) -> tuple:
+def prepare_reference_batch(
+    batchdata: Mapping[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple:
     """``(query image, None, (ref_image, ref_masks), {})`` for MONAI's ``SupervisedEvaluator``."""
+
     def mv(k: str) -> torch.Tensor:
         return torch.as_tensor(batchdata[k]).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
 
@@ -76,8 +85,15 @@ def prepare_reference_batch(batchdata: Mapping[str, Any], device: Any = None, no
 class ReferenceInferer(InContextInferer):
     """``InContextInferer`` that encodes the task from ``(ref_image, ref_masks)`` passed with each call."""
 
-    def __call__(self, inputs: torch.Tensor, network: Any, ref_image: torch.Tensor | None = None,
-                 ref_masks: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Any,
+        ref_image: torch.Tensor | None = None,
+        ref_masks: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         task = None
         if ref_image is not None and ref_masks is not None:
             task = self.encode_task(network, ref_image, ref_masks)

@@ -28,9 +28,10 @@ import struct
 import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _as_sparse(m: Any, shape: tuple[int, int, int], i: int) -> SparseMask:
         bb = bbox_of(arr)
         if bb is None:
             raise ValueError(f"mask {i}: empty mask")
-        sp = SparseMask(bb, arr[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]])
+        sp = SparseMask(bb, arr[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]])
     x0, y0, z0, x1, y1, z1 = sp.bbox
     crop = np.asarray(sp.crop).astype(bool, copy=False)
     if not (0 <= x0 < x1 <= shape[0] and 0 <= y0 < y1 <= shape[1] and 0 <= z0 < z1 <= shape[2]):
@@ -100,7 +101,7 @@ def _as_sparse(m: Any, shape: tuple[int, int, int], i: int) -> SparseMask:
     bb = bbox_of(crop)
     if bb is None:
         raise ValueError(f"mask {i}: empty mask")
-    crop = crop[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]]
+    crop = crop[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]]
     return SparseMask((x0 + bb[0], y0 + bb[1], z0 + bb[2], x0 + bb[3], y0 + bb[4], z0 + bb[5]), crop)
 
 
@@ -211,7 +212,7 @@ class MaskSet:
         self._start = payload_start
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "MaskSet":
+    def open(cls, path: str | os.PathLike) -> MaskSet:
         """Read and validate the header; raises ``MaskSetError`` naming the file on any problem."""
         path = Path(path)
         if not path.is_file():
@@ -226,7 +227,9 @@ class MaskSet:
                 if magic != MAGIC:
                     raise MaskSetError(f"{path}: not a mask set file (bad magic {magic!r})")
                 if version != FORMAT_VERSION:
-                    raise MaskSetError(f"{path}: unsupported mask set version {version} (this reader: {FORMAT_VERSION})")
+                    raise MaskSetError(
+                        f"{path}: unsupported mask set version {version} (this reader: {FORMAT_VERSION})"
+                    )
                 hb = f.read(hlen)
             if len(hb) < hlen:
                 raise MaskSetError(f"{path}: truncated header")
@@ -294,7 +297,7 @@ class MaskSet:
         """Mask ``i`` on the full grid, bool ``(X, Y, Z)``."""
         bb, crop = self.crop(i)
         out = np.zeros(self.shape, dtype=bool)
-        out[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] = crop
+        out[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]] = crop
         return out
 
     def get_many(self, idx: Iterable[int]) -> np.ndarray:
@@ -303,7 +306,7 @@ class MaskSet:
         out = np.zeros((len(idx), *self.shape), dtype=bool)
         for k, i in enumerate(idx):
             bb, crop = self.crop(int(i))
-            out[k, bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] = crop
+            out[k, bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]] = crop
         return out
 
     def verify(self) -> None:

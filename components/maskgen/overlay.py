@@ -12,8 +12,15 @@ from components.io.maskset import MaskSet
 __all__ = ["save_overlay"]
 
 
-def save_overlay(image: np.ndarray, ms: MaskSet, path: str | os.PathLike, n_slices: int = 3, axis: int = 2,
-                 max_masks: int = 40, seed: int = 0) -> Path:
+def save_overlay(
+    image: np.ndarray,
+    ms: MaskSet,
+    path: str | os.PathLike,
+    n_slices: int = 3,
+    axis: int = 2,
+    max_masks: int = 40,
+    seed: int = 0,
+) -> Path:
     """Draw ``n_slices`` evenly spaced slices along ``axis`` with up to ``max_masks`` random masks filled.
 
     Args:

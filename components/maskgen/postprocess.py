@@ -5,7 +5,7 @@ Masks are ``SparseMask`` (bounding box + bool crop) so thousands of proposals fi
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.transforms import Transform
@@ -26,8 +26,9 @@ def scaled_min_size(min_count: float, spacing: Sequence[float], reference_spacin
     return max(1, int(round(min_count * ref / cur)))
 
 
-def largest_cc_touching(sp: SparseMask, axis: int | None = None, seed: int | None = None,
-                        connectivity: int = 1) -> SparseMask | None:
+def largest_cc_touching(
+    sp: SparseMask, axis: int | None = None, seed: int | None = None, connectivity: int = 1
+) -> SparseMask | None:
     """Keep the largest connected component of ``sp`` that intersects slice ``seed`` along ``axis``.
 
     Without ``axis``/``seed`` the largest component overall is kept. Returns None if nothing remains.
@@ -54,14 +55,16 @@ def largest_cc_touching(sp: SparseMask, axis: int | None = None, seed: int | Non
     bb = bbox_of(crop)
     assert bb is not None
     x0, y0, z0 = sp.bbox[:3]
-    return SparseMask((x0 + bb[0], y0 + bb[1], z0 + bb[2], x0 + bb[3], y0 + bb[4], z0 + bb[5]),
-                      crop[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]])
+    return SparseMask(
+        (x0 + bb[0], y0 + bb[1], z0 + bb[2], x0 + bb[3], y0 + bb[4], z0 + bb[5]),
+        crop[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]],
+    )
 
 
 def _intersection(a: SparseMask, b: SparseMask) -> int:
     lo = [max(a.bbox[k], b.bbox[k]) for k in range(3)]
     hi = [min(a.bbox[k + 3], b.bbox[k + 3]) for k in range(3)]
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(h <= low for low, h in zip(lo, hi)):
         return 0
     sa = tuple(slice(lo[k] - a.bbox[k], hi[k] - a.bbox[k]) for k in range(3))
     sb = tuple(slice(lo[k] - b.bbox[k], hi[k] - b.bbox[k]) for k in range(3))
@@ -75,8 +78,9 @@ def mask_iou(a: SparseMask, b: SparseMask) -> float:
     return inter / union if union else 0.0
 
 
-def remove_redundant(masks: Sequence[SparseMask], iou_thresh: float = 0.95, order: str = "size",
-                     seed: int = 0) -> list[int]:
+def remove_redundant(
+    masks: Sequence[SparseMask], iou_thresh: float = 0.95, order: str = "size", seed: int = 0
+) -> list[int]:
     """Greedy de-duplication: visit masks (largest first, or in random order) and keep a mask only if
     its IoU with every kept mask is below ``iou_thresh``. Returns the kept indices in visiting order.
 
@@ -124,10 +128,19 @@ class MaskPostprocessd(Transform):
         largest_cc_all: also reduce seedless masks (SLIC, label maps) to their largest component.
     """
 
-    def __init__(self, image_key: str = "image", masks_key: str = "masks", provenance_key: str = "mask_provenance",
-                 min_voxels: float = 1000, reference_spacing: Sequence[float] = (0.75, 0.75, 3.0),
-                 iou_thresh: float = 0.95, order: str = "size", largest_cc_all: bool = False,
-                 connectivity: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        image_key: str = "image",
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+        min_voxels: float = 1000,
+        reference_spacing: Sequence[float] = (0.75, 0.75, 3.0),
+        iou_thresh: float = 0.95,
+        order: str = "size",
+        largest_cc_all: bool = False,
+        connectivity: int = 1,
+        seed: int = 0,
+    ) -> None:
         self.image_key, self.masks_key, self.provenance_key = image_key, masks_key, provenance_key
         self.min_voxels, self.reference_spacing = min_voxels, tuple(reference_spacing)
         self.iou_thresh, self.order, self.largest_cc_all = iou_thresh, order, largest_cc_all
@@ -158,6 +171,10 @@ class MaskPostprocessd(Transform):
         keep = remove_redundant(out_m, self.iou_thresh, self.order, self.seed)
         d[self.masks_key] = [out_m[i] for i in keep]
         d[self.provenance_key] = [out_p[i] for i in keep]
-        d["postprocess_stats"] = {"n_in": len(masks), "n_after_size": n_before_dedup, "n_out": len(keep),
-                                  "min_voxels": min_vox}
+        d["postprocess_stats"] = {
+            "n_in": len(masks),
+            "n_after_size": n_before_dedup,
+            "n_out": len(keep),
+            "min_voxels": min_vox,
+        }
         return d

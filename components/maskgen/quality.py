@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,27 +50,30 @@ def dice_table(ms: MaskSet, label: np.ndarray, ids: Sequence[int] | None = None)
     out = np.zeros((len(ms), len(ids)))
     for m in range(len(ms)):
         bb, crop = ms.crop(m)
-        inter = np.bincount(dense[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]][crop], minlength=len(ids) + 1)[1:]
+        inter = np.bincount(dense[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]][crop], minlength=len(ids) + 1)[1:]
         denom = crop.sum() + gt_sizes
         out[m] = np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1), 0.0)
     return out, ids
 
 
-def quality_summary(dice: np.ndarray, ids: Sequence[int], threshold: float = 0.4,
-                    names: dict[str, str] | None = None) -> dict[str, Any]:
+def quality_summary(
+    dice: np.ndarray, ids: Sequence[int], threshold: float = 0.4, names: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Summarise a ``dice_table`` (see module docstring for the numbers)."""
     per_label = []
     for k, i in enumerate(ids):
         col = dice[:, k] if dice.size else np.zeros(0)
         ov = col[col > 0]
-        per_label.append({
-            "label": int(i),
-            "name": (names or {}).get(str(i), str(i)),
-            "best_dice": float(col.max()) if col.size else 0.0,
-            "best_mask": int(col.argmax()) if col.size else -1,
-            "n_overlapping": int(ov.size),
-            "mean_dice_overlapping": float(ov.mean()) if ov.size else 0.0,
-        })
+        per_label.append(
+            {
+                "label": int(i),
+                "name": (names or {}).get(str(i), str(i)),
+                "best_dice": float(col.max()) if col.size else 0.0,
+                "best_mask": int(col.argmax()) if col.size else -1,
+                "n_overlapping": int(ov.size),
+                "mean_dice_overlapping": float(ov.mean()) if ov.size else 0.0,
+            }
+        )
     pairs = dice[dice > 0]
     best = np.array([p["best_dice"] for p in per_label]) if per_label else np.zeros(0)
     return {
@@ -91,8 +95,9 @@ def _load_label_ras(path: str | Path) -> np.ndarray:
     return np.asarray(Orientation(axcodes="RAS")(lab))[0]
 
 
-def evaluate_maskset(maskset: str | Path, label: str | Path | np.ndarray, threshold: float = 0.4,
-                     names: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluate_maskset(
+    maskset: str | Path, label: str | Path | np.ndarray, threshold: float = 0.4, names: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Quality of one mask-set file against a label file (reoriented to RAS) or a RAS label array."""
     ms = MaskSet.open(maskset)
     lab = _load_label_ras(label) if not isinstance(label, np.ndarray) else label
@@ -102,8 +107,13 @@ def evaluate_maskset(maskset: str | Path, label: str | Path | np.ndarray, thresh
     return out
 
 
-def evaluate_dir(masks_dir: str | Path, datalist: Sequence[dict], threshold: float = 0.4,
-                 names: dict[str, str] | None = None, suffix: str = ".mset") -> list[dict[str, Any]]:
+def evaluate_dir(
+    masks_dir: str | Path,
+    datalist: Sequence[dict],
+    threshold: float = 0.4,
+    names: dict[str, str] | None = None,
+    suffix: str = ".mset",
+) -> list[dict[str, Any]]:
     """Evaluate ``<masks_dir>/<image stem><suffix>`` for every datalist entry that has a ``label``."""
     from components.maskgen.workflow import case_name
 
@@ -120,13 +130,19 @@ def evaluate_dir(masks_dir: str | Path, datalist: Sequence[dict], threshold: flo
 def format_table(res: dict[str, Any], top: int | None = None) -> str:
     """Markdown table of one volume's per-label numbers (sorted by best Dice)."""
     rows = sorted(res["per_label"], key=lambda r: -r["best_dice"])[:top]
-    lines = [f"{res.get('maskset', '')}: {res['n_masks']} masks, {res['n_labels']} labels, "
-             f"mean best Dice {res['mean_best_dice']:.3f}, labels with Dice>={res['threshold']}: "
-             f"{100 * res['share_labels_with_mask_at_threshold']:.1f}%, mean Dice of overlapping masks "
-             f"{res['mean_dice_overlapping']:.3f}",
-             "| label | name | best Dice | overlapping masks | mean Dice (overlapping) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['name']} | {r['best_dice']:.3f} | {r['n_overlapping']} | "
-              f"{r['mean_dice_overlapping']:.3f} |" for r in rows]
+    lines = [
+        f"{res.get('maskset', '')}: {res['n_masks']} masks, {res['n_labels']} labels, "
+        f"mean best Dice {res['mean_best_dice']:.3f}, labels with Dice>={res['threshold']}: "
+        f"{100 * res['share_labels_with_mask_at_threshold']:.1f}%, mean Dice of overlapping masks "
+        f"{res['mean_dice_overlapping']:.3f}",
+        "| label | name | best Dice | overlapping masks | mean Dice (overlapping) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['label']} | {r['name']} | {r['best_dice']:.3f} | {r['n_overlapping']} | "
+        f"{r['mean_dice_overlapping']:.3f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

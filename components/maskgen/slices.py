@@ -7,7 +7,7 @@ axis is axial; its "first axis for near-isotropic images" is therefore our axis 
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +110,9 @@ class SeedSlicesd(MapTransform):
             img = d[key]
             spacing = [float(s) for s in affine_to_spacing(img.affine, r=3)]
             shape = tuple(img.shape[-3:])
-            axes = [0, 1, 2] if self.multi_axis else [select_slice_axis(spacing, self.isotropic_ratio, self.default_axis)]
+            axes = (
+                [0, 1, 2] if self.multi_axis else [select_slice_axis(spacing, self.isotropic_ratio, self.default_axis)]
+            )
             fg = None
             if self.foreground_key is not None and self.foreground_key in d:
                 fg = np.asarray(d[self.foreground_key]).reshape(shape).astype(bool)

@@ -6,7 +6,7 @@ and ``d["mask_provenance"]`` (one dict per mask), the same interface as the SAM2
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.data.utils import affine_to_spacing
@@ -72,11 +72,19 @@ class SLICMasksd(Transform):
             part in the holes of the body (e.g. lung air), so tissue masks stop at air boundaries.
     """
 
-    def __init__(self, image_key: str = "image", n_segments: Sequence[int] = (50, 200, 800),
-                 compactness: float = 0.1, foreground: str | float = "otsu", max_num_iter: int = 10,
-                 sigma: float = 0.5, max_voxels: int | None = 1_500_000, split_at_foreground: bool = True,
-                 masks_key: str = "masks",
-                 provenance_key: str = "mask_provenance") -> None:
+    def __init__(
+        self,
+        image_key: str = "image",
+        n_segments: Sequence[int] = (50, 200, 800),
+        compactness: float = 0.1,
+        foreground: str | float = "otsu",
+        max_num_iter: int = 10,
+        sigma: float = 0.5,
+        max_voxels: int | None = 1_500_000,
+        split_at_foreground: bool = True,
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+    ) -> None:
         self.image_key, self.n_segments, self.compactness = image_key, list(n_segments), compactness
         self.foreground, self.max_num_iter, self.sigma = foreground, max_num_iter, sigma
         self.max_voxels, self.split_at_foreground = max_voxels, split_at_foreground
@@ -104,11 +112,21 @@ class SLICMasksd(Transform):
         masks: list[SparseMask] = []
         prov: list[dict] = []
         for k in self.n_segments:
-            lab = slic(small, n_segments=max(2, int(round(k * box_ratio))), compactness=self.compactness,
-                       max_num_iter=self.max_num_iter, sigma=self.sigma, spacing=spacing * f, channel_axis=None,
-                       start_label=1, enforce_connectivity=True)
+            lab = slic(
+                small,
+                n_segments=max(2, int(round(k * box_ratio))),
+                compactness=self.compactness,
+                max_num_iter=self.max_num_iter,
+                sigma=self.sigma,
+                spacing=spacing * f,
+                channel_axis=None,
+                start_label=1,
+                enforce_connectivity=True,
+            )
             if f > 1:
-                lab = np.repeat(np.repeat(np.repeat(lab, f, 0), f, 1), f, 2)[: img.shape[0], : img.shape[1], : img.shape[2]]
+                lab = np.repeat(np.repeat(np.repeat(lab, f, 0), f, 1), f, 2)[
+                    : img.shape[0], : img.shape[1], : img.shape[2]
+                ]
             lab[~fg] = 0
             if self.split_at_foreground:  # tissue part and air/background part of a supervoxel apart
                 lab = np.where(lab > 0, 2 * lab - raw_fg.astype(lab.dtype), 0)
@@ -128,8 +146,14 @@ class LabelMapMasksd(Transform):
         min_voxels: drop components smaller than this (only with ``connected_components``).
     """
 
-    def __init__(self, label_key: str = "label", connected_components: bool = False, min_voxels: int = 1,
-                 masks_key: str = "masks", provenance_key: str = "mask_provenance") -> None:
+    def __init__(
+        self,
+        label_key: str = "label",
+        connected_components: bool = False,
+        min_voxels: int = 1,
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+    ) -> None:
         self.label_key, self.cc, self.min_voxels = label_key, connected_components, min_voxels
         self.masks_key, self.provenance_key = masks_key, provenance_key
 
@@ -152,8 +176,19 @@ class LabelMapMasksd(Transform):
                     if crop.sum() < self.min_voxels:
                         continue
                     x0, y0, z0 = m.bbox[:3]
-                    cm.append(SparseMask((x0 + sl[0].start, y0 + sl[1].start, z0 + sl[2].start,
-                                          x0 + sl[0].stop, y0 + sl[1].stop, z0 + sl[2].stop), crop))
+                    cm.append(
+                        SparseMask(
+                            (
+                                x0 + sl[0].start,
+                                y0 + sl[1].start,
+                                z0 + sl[2].start,
+                                x0 + sl[0].stop,
+                                y0 + sl[1].stop,
+                                z0 + sl[2].stop,
+                            ),
+                            crop,
+                        )
+                    )
                     cp.append(dict(p, component=c))
             masks, prov = cm, cp
         d[self.masks_key], d[self.provenance_key] = masks, prov

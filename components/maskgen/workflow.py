@@ -22,8 +22,9 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,11 +104,23 @@ class MaskGenWorkflow(Workflow):
         progress: show a tqdm progress bar over volumes.
     """
 
-    def __init__(self, device: str | torch.device, data: Sequence[dict], preprocessing: Callable,
-                 mask_source: Callable, postprocessing: Callable | None, output_dir: str | os.PathLike,
-                 resume: bool = True, shard_name: str = "", quality: bool = True, quality_threshold: float = 0.4,
-                 overlay: bool = False, handlers: Sequence | None = None, progress: bool = True,
-                 suffix: str = ".mset") -> None:
+    def __init__(
+        self,
+        device: str | torch.device,
+        data: Sequence[dict],
+        preprocessing: Callable,
+        mask_source: Callable,
+        postprocessing: Callable | None,
+        output_dir: str | os.PathLike,
+        resume: bool = True,
+        shard_name: str = "",
+        quality: bool = True,
+        quality_threshold: float = 0.4,
+        overlay: bool = False,
+        handlers: Sequence | None = None,
+        progress: bool = True,
+        suffix: str = ".mset",
+    ) -> None:
         self.items = list(data)
         self.preprocessing, self.mask_source, self.mask_postprocessing = preprocessing, mask_source, postprocessing
         self.output_dir = Path(output_dir)
@@ -115,8 +128,14 @@ class MaskGenWorkflow(Workflow):
         self.quality, self.quality_threshold, self.overlay = quality, quality_threshold, overlay
         self.results: list[dict] = []
         self._t0 = time.time()
-        super().__init__(device=device, max_epochs=1, data_loader=self.items, epoch_length=len(self.items),
-                         handlers=handlers, decollate=False)
+        super().__init__(
+            device=device,
+            max_epochs=1,
+            data_loader=self.items,
+            epoch_length=len(self.items),
+            handlers=handlers,
+            decollate=False,
+        )
         if progress and self.items:
             from tqdm.auto import tqdm
 
@@ -178,16 +197,29 @@ class MaskGenWorkflow(Workflow):
                 if not d["masks"]:
                     raise ValueError(f"no masks survived post-processing ({n_raw} before)")
                 img = d["image"]
-                extra = {"source_sig": _image_sig(image), "timings": d["timings"], "n_raw_masks": n_raw,
-                         "n_masks_2d": d.get("n_masks_2d"), "postprocess": d.get("postprocess_stats"),
-                         "slice_plan": d.get("slice_plan")}
+                extra = {
+                    "source_sig": _image_sig(image),
+                    "timings": d["timings"],
+                    "n_raw_masks": n_raw,
+                    "n_masks_2d": d.get("n_masks_2d"),
+                    "postprocess": d.get("postprocess_stats"),
+                    "slice_plan": d.get("slice_plan"),
+                }
                 tw = time.perf_counter()
-                write_maskset(out, d["masks"], np.asarray(img.affine), d["mask_provenance"], image_path=image,
-                              shape=tuple(img.shape[1:]), extra=extra)
+                write_maskset(
+                    out,
+                    d["masks"],
+                    np.asarray(img.affine),
+                    d["mask_provenance"],
+                    image_path=image,
+                    shape=tuple(img.shape[1:]),
+                    extra=extra,
+                )
                 d["timings"]["write_s"] = time.perf_counter() - tw
             ms = MaskSet.open(out)
-            res.update(status="done", seconds=time.perf_counter() - t0, n_raw_masks=n_raw,
-                       timings=d["timings"], **ms.stats())
+            res.update(
+                status="done", seconds=time.perf_counter() - t0, n_raw_masks=n_raw, timings=d["timings"], **ms.stats()
+            )
             if self.quality and item.get("label"):
                 from components.maskgen.quality import evaluate_maskset
 
@@ -227,8 +259,11 @@ class MaskGenWorkflow(Workflow):
         ok = [r for r in self.results if r["status"] in ("done", "skipped")]
         n = [r["n_masks"] for r in ok]
         return {
-            "n_volumes": len(self.items), "n_done": st.count("done"), "n_skipped": st.count("skipped"),
-            "n_failed": st.count("failed"), "masks_total": int(sum(n)),
+            "n_volumes": len(self.items),
+            "n_done": st.count("done"),
+            "n_skipped": st.count("skipped"),
+            "n_failed": st.count("failed"),
+            "masks_total": int(sum(n)),
             "masks_mean": float(np.mean(n)) if n else 0.0,
             "mb_mean": float(np.mean([r["file_mb"] for r in ok])) if ok else 0.0,
             "seconds": time.time() - self._t0,
@@ -244,10 +279,13 @@ class MaskGenWorkflow(Workflow):
         fails = [{"image": r["image"], "reason": r["reason"]} for r in self.results if r["status"] == "failed"]
         atomic_json(self.output_dir / f"summary{self.shard_name}.json", {"summary": summ, "volumes": self.results})
         atomic_json(self.failures_file(), fails)
-        print(f"mask generation: {summ['n_done']} done, {summ['n_skipped']} skipped (complete), "
-              f"{summ['n_failed']} failed of {summ['n_volumes']}; {summ['masks_total']} masks "
-              f"(mean {summ['masks_mean']:.0f}/volume, {summ['mb_mean']:.2f} MB/volume) in {summ['seconds']:.1f} s "
-              f"-> {self.output_dir}", file=sys.stderr)
+        print(
+            f"mask generation: {summ['n_done']} done, {summ['n_skipped']} skipped (complete), "
+            f"{summ['n_failed']} failed of {summ['n_volumes']}; {summ['masks_total']} masks "
+            f"(mean {summ['masks_mean']:.0f}/volume, {summ['mb_mean']:.2f} MB/volume) in {summ['seconds']:.1f} s "
+            f"-> {self.output_dir}",
+            file=sys.stderr,
+        )
         for f in fails:
             print(f"  FAILED {f['reason']}", file=sys.stderr)
         if fails and exit_on_failure:

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 NORM_EPS = 1e-4  # the release's encoder/decoder instance norms; conformance depends on it
 
 
@@ -101,8 +100,12 @@ class Encoder(nn.Module):
     ``out_channels`` lists their channel counts in the same order.
     """
 
-    def __init__(self, in_ch: int = 1, channels: tuple[int, ...] = (32, 64, 128, 256, 512),
-                 num_blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+    def __init__(
+        self,
+        in_ch: int = 1,
+        channels: tuple[int, ...] = (32, 64, 128, 256, 512),
+        num_blocks: tuple[int, ...] = (2, 2, 2, 2),
+    ) -> None:
         super().__init__()
         if len(channels) != 5 or len(num_blocks) != 4:
             raise ValueError(f"Encoder needs 5 channel counts and 4 block counts, got {channels}, {num_blocks}")

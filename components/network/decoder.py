@@ -42,8 +42,12 @@ class Decoder(nn.Module):
     -> (features[B, ch[0], D, H, W], kept tokens: 3 tensors [B, M, C_s], deepest first)
     """
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256, 512),
-                 num_blocks: tuple[int, ...] = (2, 2, 2, 2), num_token_stages: int = 3) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128, 256, 512),
+        num_blocks: tuple[int, ...] = (2, 2, 2, 2),
+        num_token_stages: int = 3,
+    ) -> None:
         super().__init__()
         if num_token_stages != 3:
             raise ValueError("the MASS decoder fuses tokens at exactly the 3 deepest stages")
@@ -55,8 +59,7 @@ class Decoder(nn.Module):
         self.up3 = UpStage(ch[2], ch[1], num_blocks[1])
         self.up4 = UpStage(ch[1], ch[0], num_blocks[0])
 
-    def forward(self, feats: list[torch.Tensor], tokens: list[torch.Tensor]
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, feats: list[torch.Tensor], tokens: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # written out stage by stage so that torch.jit.script accepts it
         kept: list[torch.Tensor] = []
         x, t = self.prior_fuse[0](feats[4], tokens[0])
@@ -80,8 +83,9 @@ class DynamicKernelHead(nn.Module):
     def __init__(self, token_dim: int, out_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(token_dim)
-        self.classifier_pred = nn.Sequential(FeedForward(token_dim, token_dim, out_dim),
-                                             FeedForward(out_dim, out_dim, out_dim))
+        self.classifier_pred = nn.Sequential(
+            FeedForward(token_dim, token_dim, out_dim), FeedForward(out_dim, out_dim, out_dim)
+        )
         for mod in self.classifier_pred.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.xavier_uniform_(mod.weight)

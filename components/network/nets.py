@@ -13,7 +13,7 @@ multiple of 16 and at most ``max_window`` (128: size of the learnable positional
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -58,8 +58,10 @@ def check_spatial(x: torch.Tensor, max_window: int, what: str = "input") -> None
         raise SpatialSizeError(f"{what} must be [B, C, D, H, W], got shape {tuple(x.shape)}")
     size = tuple(x.shape[-3:])
     if any(s % DIVISOR or s > max_window or s == 0 for s in size):
-        raise SpatialSizeError(f"{what} spatial size {size}: each dim must be a positive multiple of "
-                               f"{DIVISOR} and <= {max_window} (use a sliding window for larger volumes)")
+        raise SpatialSizeError(
+            f"{what} spatial size {size}: each dim must be a positive multiple of "
+            f"{DIVISOR} and <= {max_window} (use a sliding window for larger volumes)"
+        )
 
 
 class _SegmentationCore(nn.Module):
@@ -96,15 +98,25 @@ class MASSNet(_SegmentationCore):
     (kept so released state dicts map one-to-one; used by :meth:`class_embedding`).
     """
 
-    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64, 128), num_blocks: Sequence[int] = (2, 2, 2, 2),
-                 tn: int = 73, in_channels: int = 1, max_window: int = 128, memory_efficient: bool = True) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (8, 16, 32, 64, 128),
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        tn: int = 73,
+        in_channels: int = 1,
+        max_window: int = 128,
+        memory_efficient: bool = True,
+    ) -> None:
         super().__init__(channels, num_blocks, in_channels, max_window)
         self.tn = int(tn)
         for i, dim in enumerate(self.token_channels):
             self.register_buffer(f"task_prior_{i}", nn.init.xavier_uniform_(torch.zeros(tn, NUM_QUERY_TOKENS + 1, dim)))
         self.task_embedding = nn.ModuleList(
-            [TaskEncoderStage(dim, 2 ** (4 - i), memory_efficient=memory_efficient, max_window=self.max_window)
-             for i, dim in enumerate(self.token_channels)])
+            [
+                TaskEncoderStage(dim, 2 ** (4 - i), memory_efficient=memory_efficient, max_window=self.max_window)
+                for i, dim in enumerate(self.token_channels)
+            ]
+        )
 
     @property
     def memory_efficient(self) -> bool:
@@ -115,13 +127,20 @@ class MASSNet(_SegmentationCore):
         for stage in self.task_embedding:
             stage.memory_efficient = bool(value)
 
-    def encode_task(self, ref_image: torch.Tensor, ref_masks: torch.Tensor,
-                    names: Sequence[str] | None = None) -> TaskEmbedding:
+    def encode_task(
+        self, ref_image: torch.Tensor, ref_masks: torch.Tensor, names: Sequence[str] | None = None
+    ) -> TaskEmbedding:
         """ref_image[B, 1, D, H, W] + ref_masks[B, M, D, H, W] in {0, 1} -> TaskEmbedding ([B, M, 11, C_s])."""
         check_spatial(ref_image, self.max_window, "reference image")
-        if ref_masks.dim() != 5 or ref_masks.shape[0] != ref_image.shape[0] or ref_masks.shape[2:] != ref_image.shape[2:]:
-            raise SpatialSizeError(f"reference masks {tuple(ref_masks.shape)} must be [B, M, D, H, W] on the "
-                                   f"reference image grid {tuple(ref_image.shape)}")
+        if (
+            ref_masks.dim() != 5
+            or ref_masks.shape[0] != ref_image.shape[0]
+            or ref_masks.shape[2:] != ref_image.shape[2:]
+        ):
+            raise SpatialSizeError(
+                f"reference masks {tuple(ref_masks.shape)} must be [B, M, D, H, W] on the "
+                f"reference image grid {tuple(ref_image.shape)}"
+            )
         feats = self.encoder(ref_image)
         masks = ref_masks.to(feats[0].dtype)
         tokens = [stage(feats[4 - i], masks) for i, stage in enumerate(self.task_embedding)]
@@ -152,16 +171,25 @@ class FixedClassNet(_SegmentationCore):
     (named as the release's fixed-class buffers). No task encoder.
     """
 
-    def __init__(self, preset: str = "small", num_classes: int = 1, channels: Sequence[int] | None = None,
-                 num_blocks: Sequence[int] | None = None, in_channels: int = 1, max_window: int | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        preset: str = "small",
+        num_classes: int = 1,
+        channels: Sequence[int] | None = None,
+        num_blocks: Sequence[int] | None = None,
+        in_channels: int = 1,
+        max_window: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         cfg = preset_config(preset, channels=channels, num_blocks=num_blocks, max_window=max_window)
         super().__init__(cfg["channels"], cfg["num_blocks"], in_channels, cfg["max_window"])
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else None
         for i, dim in enumerate(self.token_channels):
-            self.register_parameter(f"task_prior_{i}", nn.Parameter(
-                nn.init.xavier_uniform_(torch.zeros(num_classes, NUM_QUERY_TOKENS + 1, dim))))
+            self.register_parameter(
+                f"task_prior_{i}",
+                nn.Parameter(nn.init.xavier_uniform_(torch.zeros(num_classes, NUM_QUERY_TOKENS + 1, dim))),
+            )
 
     def class_tokens(self) -> list[torch.Tensor]:
         """Class embeddings per stage, deepest first: [N, 11, C_s]."""
@@ -188,10 +216,15 @@ class FixedClassNet(_SegmentationCore):
         return TaskEmbedding([t.detach().unsqueeze(0) for t in self.class_tokens()], self.class_names)
 
     @classmethod
-    def from_incontext(cls, net: MASSNet, task: TaskEmbedding) -> "FixedClassNet":
+    def from_incontext(cls, net: MASSNet, task: TaskEmbedding) -> FixedClassNet:
         """Copy encoder/decoder/head of ``net`` and take the class embeddings from ``task``."""
-        model = cls(num_classes=task.num_masks, channels=net.channels, num_blocks=net.num_blocks,
-                    in_channels=net.in_channels, max_window=net.max_window)
+        model = cls(
+            num_classes=task.num_masks,
+            channels=net.channels,
+            num_blocks=net.num_blocks,
+            in_channels=net.in_channels,
+            max_window=net.max_window,
+        )
         core = {k: v for k, v in net.state_dict().items() if k.split(".")[0] in ("encoder", "decoder", "out")}
         model.load_state_dict(core, strict=False)
         model.set_class_embedding(task)

@@ -30,8 +30,13 @@ BOOKKEEPING_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel counte
 class ReleaseCheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the network; the message says why."""
 
-    def __init__(self, message: str, missing: list[str] | None = None, unexpected: list[str] | None = None,
-                 mismatched: list[tuple[str, tuple, tuple]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mismatched: list[tuple[str, tuple, tuple]] | None = None,
+    ) -> None:
         self.missing = list(missing or [])
         self.unexpected = list(unexpected or [])
         self.mismatched = list(mismatched or [])
@@ -57,11 +62,11 @@ def _clean_key(key: str) -> str:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
         key = key.replace("._orig_mod.", ".")
     for src, dst in KEY_MAP.items():
         if key.startswith(src):
-            key = dst + key[len(src):]
+            key = dst + key[len(src) :]
     return key
 
 
@@ -77,15 +82,15 @@ def read_release_container(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle errors or forbidden globals
-        raise ReleaseCheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                                     f"(corrupt, truncated or not made by torch.save): {exc}") from exc
+        raise ReleaseCheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not made by torch.save): {exc}"
+        ) from exc
     if not isinstance(obj, dict):
         raise ReleaseCheckpointError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
-def read_release_state_dict(path: str | os.PathLike, prefer_ema: bool = True,
-                            return_source: bool = False):
+def read_release_state_dict(path: str | os.PathLike, prefer_ema: bool = True, return_source: bool = False):
     """State dict of a release checkpoint (EMA weights first when ``prefer_ema``), keys cleaned.
 
     Returns ``dict[str, Tensor]`` (or ``(state_dict, source_name)`` with ``return_source``).
@@ -100,8 +105,10 @@ def read_release_state_dict(path: str | os.PathLike, prefer_ema: bool = True,
     if raw is None and _is_state_dict(container):
         source, raw = "<bare state dict>", container
     if raw is None:
-        raise ReleaseCheckpointError(f"{path}: no state dict found; top-level keys: {sorted(map(str, container))} "
-                                     f"(expected one of {list(order)})")
+        raise ReleaseCheckpointError(
+            f"{path}: no state dict found; top-level keys: {sorted(map(str, container))} "
+            f"(expected one of {list(order)})"
+        )
     state = {_clean_key(k): v for k, v in raw.items() if k.split(".")[-1] not in BOOKKEEPING_KEYS}
     return (state, source) if return_source else state
 
@@ -115,8 +122,11 @@ def infer_release_config(state: dict[str, torch.Tensor]) -> dict:
         for i in range(1, 5):
             idx = {int(m.group(1)) for k in state if (m := re.match(rf"encoder\.down{i}\.conv\.(\d+)\.", k))}
             num_blocks.append(len(idx))
-        cfg = {"channels": tuple(channels), "num_blocks": tuple(num_blocks),
-               "in_channels": int(state["encoder.inc.conv1.weight"].shape[1])}
+        cfg = {
+            "channels": tuple(channels),
+            "num_blocks": tuple(num_blocks),
+            "in_channels": int(state["encoder.inc.conv1.weight"].shape[1]),
+        }
     except KeyError as exc:
         raise ReleaseCheckpointError(f"state dict lacks the release encoder key {exc}") from None
     if "task_prior_0" in state:
@@ -131,12 +141,11 @@ def _target_subset(state: dict[str, torch.Tensor], net: nn.Module) -> tuple[dict
     from components.network.nets import FixedClassNet  # local import: network imports nothing from here
 
     if isinstance(net, Encoder):
-        sub = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        sub = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         return sub, [k for k in state if not k.startswith("encoder.")]
     if isinstance(net, FixedClassNet):
         keep = ("encoder.", "decoder.", "out.", "task_prior_")
-        return ({k: v for k, v in state.items() if k.startswith(keep)},
-                [k for k in state if not k.startswith(keep)])
+        return ({k: v for k, v in state.items() if k.startswith(keep)}, [k for k in state if not k.startswith(keep)])
     return dict(state), []
 
 
@@ -164,19 +173,26 @@ def load_release_checkpoint(path: str | os.PathLike, net: nn.Module, prefer_ema:
             subset[key] = own[key]  # keep current class embeddings
     missing = [k for k in own if k not in subset]
     unexpected = [k for k in subset if k not in own]
-    mismatched = [(k, tuple(subset[k].shape), tuple(own[k].shape))
-                  for k in subset if k in own and subset[k].shape != own[k].shape]
+    mismatched = [
+        (k, tuple(subset[k].shape), tuple(own[k].shape)) for k in subset if k in own and subset[k].shape != own[k].shape
+    ]
     if missing or unexpected or mismatched:
-        raise ReleaseCheckpointError(f"{path}: checkpoint ({source}) does not fit {type(net).__name__}",
-                                     missing, unexpected, mismatched)
+        raise ReleaseCheckpointError(
+            f"{path}: checkpoint ({source}) does not fit {type(net).__name__}", missing, unexpected, mismatched
+        )
     net.load_state_dict(subset, strict=True)
-    return {"path": str(path), "source": source, "config": container.get("config"),
-            "epoch": container.get("epoch"), "loaded": len(subset) - len(skipped),
-            "ignored": ignored, "skipped": skipped}
+    return {
+        "path": str(path),
+        "source": source,
+        "config": container.get("config"),
+        "epoch": container.get("epoch"),
+        "loaded": len(subset) - len(skipped),
+        "ignored": ignored,
+        "skipped": skipped,
+    }
 
 
-def network_from_release_checkpoint(path: str | os.PathLike, prefer_ema: bool = True,
-                                    memory_efficient: bool = True):
+def network_from_release_checkpoint(path: str | os.PathLike, prefer_ema: bool = True, memory_efficient: bool = True):
     """Build a MASSNet sized from the checkpoint itself and load it. Returns (net, info)."""
     from components.network.nets import MASSNet
 

@@ -9,8 +9,8 @@ load with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -27,12 +27,14 @@ class TaskEmbeddingError(ValueError):
 class TaskEmbedding:
     """Per-stage task tokens (deepest stage first), optionally with one name per mask."""
 
-    def __init__(self, tokens: Sequence[torch.Tensor], names: Sequence[str] | None = None,
-                 meta: dict | None = None) -> None:
+    def __init__(
+        self, tokens: Sequence[torch.Tensor], names: Sequence[str] | None = None, meta: dict | None = None
+    ) -> None:
         tokens = list(tokens)
         if not tokens or any(t.dim() != 4 for t in tokens):
-            raise TaskEmbeddingError(f"tokens must be a non-empty list of [B, M, T, C] tensors, got "
-                                     f"{[tuple(t.shape) for t in tokens]}")
+            raise TaskEmbeddingError(
+                f"tokens must be a non-empty list of [B, M, T, C] tensors, got {[tuple(t.shape) for t in tokens]}"
+            )
         b, m = tokens[0].shape[:2]
         if any(t.shape[:2] != (b, m) for t in tokens):
             raise TaskEmbeddingError(f"stages disagree on [B, M]: {[tuple(t.shape) for t in tokens]}")
@@ -59,12 +61,12 @@ class TaskEmbedding:
         return f"TaskEmbedding(shapes={[tuple(t.shape) for t in self.tokens]}, names={self.names})"
 
     # -- combining -------------------------------------------------------------------------
-    def mean_over_references(self) -> "TaskEmbedding":
+    def mean_over_references(self) -> TaskEmbedding:
         """Token-wise mean over the B axis (K references of the same masks) -> B = 1."""
         return TaskEmbedding([t.mean(dim=0, keepdim=True) for t in self.tokens], self.names, self.meta)
 
     @staticmethod
-    def average(embeddings: Sequence["TaskEmbedding"]) -> "TaskEmbedding":
+    def average(embeddings: Sequence[TaskEmbedding]) -> TaskEmbedding:
         """Token-wise mean of K embeddings of the same masks (each stage averaged separately)."""
         if not embeddings:
             raise TaskEmbeddingError("cannot average an empty list of task embeddings")
@@ -76,7 +78,7 @@ class TaskEmbedding:
         return TaskEmbedding(tokens, first.names, first.meta)
 
     @staticmethod
-    def concat(embeddings: Sequence["TaskEmbedding"]) -> "TaskEmbedding":
+    def concat(embeddings: Sequence[TaskEmbedding]) -> TaskEmbedding:
         """Join embeddings of different masks along the mask axis M."""
         names = None
         if all(e.names is not None for e in embeddings):
@@ -84,10 +86,11 @@ class TaskEmbedding:
         tokens = [torch.cat([e.tokens[s] for e in embeddings], dim=1) for s in range(len(embeddings[0].tokens))]
         return TaskEmbedding(tokens, names, embeddings[0].meta)
 
-    def select(self, mask_indices: Sequence[int] | torch.Tensor) -> "TaskEmbedding":
+    def select(self, mask_indices: Sequence[int] | torch.Tensor) -> TaskEmbedding:
         """Keep only the given masks (in the given order)."""
-        idx = torch.as_tensor(list(mask_indices) if not torch.is_tensor(mask_indices) else mask_indices,
-                              dtype=torch.long)
+        idx = torch.as_tensor(
+            list(mask_indices) if not torch.is_tensor(mask_indices) else mask_indices, dtype=torch.long
+        )
         names = [self.names[int(i)] for i in idx] if self.names is not None else None
         return TaskEmbedding([t[:, idx.to(t.device)] for t in self.tokens], names, self.meta)
 
@@ -96,15 +99,17 @@ class TaskEmbedding:
         if self.batch_size == batch:
             return self.tokens
         if self.batch_size != 1:
-            raise TaskEmbeddingError(f"task embedding has B={self.batch_size}, query batch is {batch}; "
-                                     "average references first (mean_over_references)")
+            raise TaskEmbeddingError(
+                f"task embedding has B={self.batch_size}, query batch is {batch}; "
+                "average references first (mean_over_references)"
+            )
         return [t.expand(batch, -1, -1, -1) for t in self.tokens]
 
-    def to(self, *args, **kwargs) -> "TaskEmbedding":
+    def to(self, *args, **kwargs) -> TaskEmbedding:
         """Like ``Tensor.to`` (device and/or dtype) for every stage."""
         return TaskEmbedding([t.to(*args, **kwargs) for t in self.tokens], self.names, self.meta)
 
-    def detach(self) -> "TaskEmbedding":
+    def detach(self) -> TaskEmbedding:
         return TaskEmbedding([t.detach() for t in self.tokens], self.names, self.meta)
 
     # -- files -----------------------------------------------------------------------------
@@ -112,14 +117,18 @@ class TaskEmbedding:
         """Write to ``path`` (temp file then rename); plain tensors + metadata only."""
         path = Path(path)
         # as_subclass drops tensor subclasses (MONAI MetaTensor) that weights_only loading refuses
-        payload = {"format": FORMAT, "version": VERSION,
-                   "tokens": [t.detach().cpu().contiguous().as_subclass(torch.Tensor) for t in self.tokens],
-                   "names": self.names, "meta": self.meta}
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "tokens": [t.detach().cpu().contiguous().as_subclass(torch.Tensor) for t in self.tokens],
+            "names": self.names,
+            "meta": self.meta,
+        }
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "TaskEmbedding":
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TaskEmbedding:
         """Read a file written by :meth:`save` (``weights_only=True``)."""
         path = Path(path)
         try:

@@ -86,12 +86,13 @@ class TaskEncoderStage(nn.Module):
     forward(feat[B, C, d, h, w], masks[B, M, d*s, h*s, w*s]) -> tokens[B, M, 11, C]
     """
 
-    def __init__(self, dim: int, scale: int, num_blocks: int = 2, memory_efficient: bool = True,
-                 max_window: int = MAX_WINDOW) -> None:
+    def __init__(
+        self, dim: int, scale: int, num_blocks: int = 2, memory_efficient: bool = True, max_window: int = MAX_WINDOW
+    ) -> None:
         super().__init__()
         self.scale = scale
         self.memory_efficient = memory_efficient
-        expanded = scale ** 3
+        expanded = scale**3
         self.task_query = nn.Parameter(nn.init.xavier_uniform_(torch.zeros(NUM_QUERY_TOKENS, dim)))
         self.attn_layers = nn.ModuleList([TokenRefineBlock(dim) for _ in range(num_blocks)])
         self.norm_foreground = nn.LayerNorm(dim)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -41,8 +40,17 @@ from components.data.loading import VolumeError, load_volume
 from components.io.maskset import MaskSet, MaskSetError, SparseMask, write_maskset
 from components.pretrain.views import TwoViewAugment
 
-__all__ = ["CACHE_VERSION", "volume_stem", "pair_masksets", "normalize_intensity", "guess_modality", "prepare_volume",
-           "prepare_volumes", "MaskPretrainDataset", "TwoViewSampler"]
+__all__ = [
+    "CACHE_VERSION",
+    "volume_stem",
+    "pair_masksets",
+    "normalize_intensity",
+    "guess_modality",
+    "prepare_volume",
+    "prepare_volumes",
+    "MaskPretrainDataset",
+    "TwoViewSampler",
+]
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -59,8 +67,9 @@ def volume_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def pair_masksets(data: Sequence[Mapping[str, Any]], mask_dir: str | os.PathLike,
-                  pattern: str = "{stem}.mset") -> list[dict[str, Any]]:
+def pair_masksets(
+    data: Sequence[Mapping[str, Any]], mask_dir: str | os.PathLike, pattern: str = "{stem}.mset"
+) -> list[dict[str, Any]]:
     """Add ``"masks": mask_dir/pattern.format(stem=<image stem>)`` to entries that have no ``"masks"``.
 
     Entries whose file does not exist are kept with ``"masks": None`` (skipped later with a warning).
@@ -118,8 +127,12 @@ def _resample_mask(ms: MaskSet, i: int, t_new_to_old: np.ndarray, new_shape: Seq
     return SparseMask((int(n0[0]), int(n0[1]), int(n0[2]), int(n1[0]), int(n1[1]), int(n1[2])), vals)
 
 
-def prepare_volume(item: Mapping[str, Any], cache_dir: str | os.PathLike, spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
-                   min_mask_voxels: int = 8) -> dict[str, Any]:
+def prepare_volume(
+    item: Mapping[str, Any],
+    cache_dir: str | os.PathLike,
+    spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
+    min_mask_voxels: int = 8,
+) -> dict[str, Any]:
     """Preprocess one ``{"image", "masks", "modality"?}`` entry into ``cache_dir`` (or reuse the cache).
 
     Returns the cache info dict (``image_npy``, ``masks``, ``usable`` mask indices, ``shape``,
@@ -128,8 +141,14 @@ def prepare_volume(item: Mapping[str, Any], cache_dir: str | os.PathLike, spacin
     image, masks = str(item["image"]), item.get("masks")
     if not masks:
         raise VolumeError(image, "no mask-set file paired with this volume")
-    sig = {"v": CACHE_VERSION, "image": _file_sig(image), "masks": _file_sig(str(masks)), "modality": item.get("modality"),
-           "spacing": None if spacing is None else [float(s) for s in spacing], "min_vox": int(min_mask_voxels)}
+    sig = {
+        "v": CACHE_VERSION,
+        "image": _file_sig(image),
+        "masks": _file_sig(str(masks)),
+        "modality": item.get("modality"),
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "min_vox": int(min_mask_voxels),
+    }
     key = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / f"{volume_stem(image)}_{key}"
     if (folder / "info.json").is_file():
@@ -157,13 +176,28 @@ def prepare_volume(item: Mapping[str, Any], cache_dir: str | os.PathLike, spacin
             sparse = [m for m in sparse if int(m.crop.sum()) >= min_mask_voxels]
             mask_file = str(folder / "masks.mset")
             if sparse:
-                write_maskset(tmp / "masks.mset", sparse, new_affine, shape=new_shape, image_path=image,
-                              provenance=[{"source": "resampled"}] * len(sparse))
+                write_maskset(
+                    tmp / "masks.mset",
+                    sparse,
+                    new_affine,
+                    shape=new_shape,
+                    image_path=image,
+                    provenance=[{"source": "resampled"}] * len(sparse),
+                )
             sizes = np.array([int(m.crop.sum()) for m in sparse], dtype=np.int64)
         usable = [int(i) for i in np.flatnonzero(sizes >= min_mask_voxels)]
-        info = {"image": image, "source_masks": str(masks), "image_npy": str(folder / "image.npy"), "masks": mask_file,
-                "usable": usable, "shape": list(new_shape), "affine": new_affine.tolist(), "modality": modality,
-                "pad_value": float(arr.min()), "spacing": sig["spacing"]}
+        info = {
+            "image": image,
+            "source_masks": str(masks),
+            "image_npy": str(folder / "image.npy"),
+            "masks": mask_file,
+            "usable": usable,
+            "shape": list(new_shape),
+            "affine": new_affine.tolist(),
+            "modality": modality,
+            "pad_value": float(arr.min()),
+            "spacing": sig["spacing"],
+        }
         (tmp / "info.json").write_text(json.dumps(info))
         try:
             os.replace(tmp, folder)
@@ -175,8 +209,12 @@ def prepare_volume(item: Mapping[str, Any], cache_dir: str | os.PathLike, spacin
     return json.loads((folder / "info.json").read_text())
 
 
-def prepare_volumes(data: Sequence[Mapping[str, Any]], cache_dir: str | os.PathLike,
-                    spacing: Sequence[float] | None = (1.5, 1.5, 1.5), min_mask_voxels: int = 8) -> list[dict[str, Any]]:
+def prepare_volumes(
+    data: Sequence[Mapping[str, Any]],
+    cache_dir: str | os.PathLike,
+    spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
+    min_mask_voxels: int = 8,
+) -> list[dict[str, Any]]:
     """:func:`prepare_volume` for every entry; unusable entries are skipped with a warning."""
     out = []
     for item in data:
@@ -186,8 +224,11 @@ def prepare_volumes(data: Sequence[Mapping[str, Any]], cache_dir: str | os.PathL
             warnings.warn(f"skipping volume: {e}", stacklevel=2)
             continue
         if not info["usable"]:
-            warnings.warn(f"skipping volume: {item['image']}: no usable masks (>= {min_mask_voxels} voxels) "
-                          f"in {item.get('masks')}", stacklevel=2)
+            warnings.warn(
+                f"skipping volume: {item['image']}: no usable masks (>= {min_mask_voxels} voxels) "
+                f"in {item.get('masks')}",
+                stacklevel=2,
+            )
             continue
         out.append(info)
     return out
@@ -200,8 +241,9 @@ def _box_read(arr: np.ndarray, start: np.ndarray, size: Sequence[int], fill: flo
     hi = np.minimum(start + np.asarray(size), arr.shape)
     if np.all(hi > lo):
         o = lo - start
-        out[o[0]:o[0] + hi[0] - lo[0], o[1]:o[1] + hi[1] - lo[1], o[2]:o[2] + hi[2] - lo[2]] = \
-            arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        out[o[0] : o[0] + hi[0] - lo[0], o[1] : o[1] + hi[1] - lo[1], o[2] : o[2] + hi[2] - lo[2]] = arr[
+            lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]
+        ]
     return out
 
 
@@ -212,9 +254,11 @@ def _paste(codes: np.ndarray, start: np.ndarray, bb: Sequence[int], crop: np.nda
     hi = np.minimum(np.asarray(bb[3:]), start + size)
     if np.any(hi <= lo):
         return 0
-    part = crop[lo[0] - bb[0]:hi[0] - bb[0], lo[1] - bb[1]:hi[1] - bb[1], lo[2] - bb[2]:hi[2] - bb[2]]
+    part = crop[lo[0] - bb[0] : hi[0] - bb[0], lo[1] - bb[1] : hi[1] - bb[1], lo[2] - bb[2] : hi[2] - bb[2]]
     d = lo - start
-    codes[d[0]:d[0] + part.shape[0], d[1]:d[1] + part.shape[1], d[2]:d[2] + part.shape[2]] += part * np.float32(bit)
+    codes[d[0] : d[0] + part.shape[0], d[1] : d[1] + part.shape[1], d[2] : d[2] + part.shape[2]] += part * np.float32(
+        bit
+    )
     return int(part.sum())
 
 
@@ -237,11 +281,21 @@ class MaskPretrainDataset(Dataset):
         length: ``len()`` for use without :class:`TwoViewSampler` (default: 100 per volume).
     """
 
-    def __init__(self, data: Sequence[Mapping[str, Any]], cache_dir: str | os.PathLike,
-                 spacing: Sequence[float] | None = (1.5, 1.5, 1.5), crop_size: Sequence[int] = (128, 128, 128),
-                 context_margin: int = 40, max_masks: int = 13, overlap: float = 0.67, min_mask_voxels: int = 8,
-                 min_view_voxels: int = 8, augment: TwoViewAugment | Mapping[str, Any] | None = None, seed: int = 0,
-                 length: int | None = None) -> None:
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        cache_dir: str | os.PathLike,
+        spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
+        crop_size: Sequence[int] = (128, 128, 128),
+        context_margin: int = 40,
+        max_masks: int = 13,
+        overlap: float = 0.67,
+        min_mask_voxels: int = 8,
+        min_view_voxels: int = 8,
+        augment: TwoViewAugment | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        length: int | None = None,
+    ) -> None:
         self.volumes = prepare_volumes(data, cache_dir, spacing, min_mask_voxels)
         if not self.volumes:
             raise ValueError(f"no usable volume among {len(data)} datalist entries (see warnings above)")
@@ -306,8 +360,10 @@ class MaskPretrainDataset(Dataset):
                 break
             bb, crop = ms.crop(c)
             tmp_r, tmp_q = np.zeros_like(codes_ref), np.zeros_like(codes_qry)
-            if _paste(tmp_r, s_ref, bb, crop, float(1 << n)) < self.min_view_voxels or \
-                    np.count_nonzero(tmp_r[inner]) < self.min_view_voxels:
+            if (
+                _paste(tmp_r, s_ref, bb, crop, float(1 << n)) < self.min_view_voxels
+                or np.count_nonzero(tmp_r[inner]) < self.min_view_voxels
+            ):
                 continue
             _paste(tmp_q, s_qry, bb, crop, float(1 << n))
             if np.count_nonzero(tmp_q[inner]) < self.min_view_voxels:  # the query must show the structure too
@@ -319,13 +375,19 @@ class MaskPretrainDataset(Dataset):
         img_ref = torch.from_numpy(_box_read(image, s_ref, ctx, pad))[None]
         img_qry = torch.from_numpy(_box_read(image, s_qry, ctx, pad))[None]
         self.augment.set_random_state(seed=int(rng.integers(2**31 - 1)))
-        out = self.augment.from_codes(img_ref, torch.from_numpy(codes_ref)[None], img_qry,
-                                      torch.from_numpy(codes_qry)[None], n)
+        out = self.augment.from_codes(
+            img_ref, torch.from_numpy(codes_ref)[None], img_qry, torch.from_numpy(codes_qry)[None], n
+        )
         m = self.max_masks
         valid = torch.zeros(m, dtype=torch.bool)
         valid[:n] = out["ref_masks"].flatten(1).sum(1) >= self.min_view_voxels
-        sample: dict[str, Any] = {"volume": v, "index": int(index), "valid": valid,
-                                  "ref_box": torch.as_tensor(s_ref), "query_box": torch.as_tensor(s_qry)}
+        sample: dict[str, Any] = {
+            "volume": v,
+            "index": int(index),
+            "valid": valid,
+            "ref_box": torch.as_tensor(s_ref),
+            "query_box": torch.as_tensor(s_qry),
+        }
         for k in ("ref", "query"):
             masks = torch.zeros((m, *self.crop_size), dtype=torch.bool)
             masks[:n] = out[f"{k}_masks"]
@@ -343,8 +405,14 @@ class TwoViewSampler(DistributedSampler):
     consumed when a run resumes in the middle of an epoch.
     """
 
-    def __init__(self, dataset: Dataset, samples_per_epoch: int, num_replicas: int | None = None,
-                 rank: int | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        samples_per_epoch: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        batch_size: int = 1,
+    ) -> None:
         if num_replicas is None or rank is None:
             ddp = dist.is_available() and dist.is_initialized()
             num_replicas = dist.get_world_size() if ddp else 1 if num_replicas is None else num_replicas

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,9 +26,19 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["NonFiniteLossError", "prepare_incontext_batch", "PretrainIteration", "warmup_poly_lambda",
-           "build_lr_scheduler", "latest_checkpoint", "ResumeFromLatest", "Attach", "CheckpointWithEngine", "SampleLog",
-           "MLflowArtifacts"]
+__all__ = [
+    "NonFiniteLossError",
+    "prepare_incontext_batch",
+    "PretrainIteration",
+    "warmup_poly_lambda",
+    "build_lr_scheduler",
+    "latest_checkpoint",
+    "ResumeFromLatest",
+    "Attach",
+    "CheckpointWithEngine",
+    "SampleLog",
+    "MLflowArtifacts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +51,21 @@ def _t(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def prepare_incontext_batch(batchdata: Mapping[str, Any], device: torch.device | str | None = None,
-                            non_blocking: bool = False, **kwargs: Any) -> tuple:
+def prepare_incontext_batch(
+    batchdata: Mapping[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple:
     """``(query [B,1,*], query_masks float [B,M,*], (ref_image [B,1,*], ref_masks float [B,M,*]), {})``."""
+
     def mv(k: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         x = _t(batchdata[k]).to(device=device, non_blocking=non_blocking)
         return x.to(dtype) if dtype is not None else x
 
-    return (mv("query_image", torch.float32), mv("query_masks", torch.float32),
-            (mv("ref_image", torch.float32), mv("ref_masks", torch.float32)), {})
+    return (
+        mv("query_image", torch.float32),
+        mv("query_masks", torch.float32),
+        (mv("ref_image", torch.float32), mv("ref_masks", torch.float32)),
+        {},
+    )
 
 
 class PretrainIteration:
@@ -64,8 +79,14 @@ class PretrainIteration:
         check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss or gradient norm.
     """
 
-    def __init__(self, grad_clip: float | None = 1.0, amp: bool = True, amp_dtype: str = "bfloat16",
-                 scaler: torch.amp.GradScaler | None = None, check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        grad_clip: float | None = 1.0,
+        amp: bool = True,
+        amp_dtype: str = "bfloat16",
+        scaler: torch.amp.GradScaler | None = None,
+        check_finite: bool = True,
+    ) -> None:
         self.grad_clip, self.amp, self.check_finite = grad_clip, bool(amp), bool(check_finite)
         self.amp_dtype = getattr(torch, amp_dtype)
         self.scaler = scaler
@@ -73,7 +94,8 @@ class PretrainIteration:
     def _fail(self, engine: Any, what: str, value: float) -> None:
         raise NonFiniteLossError(
             f"non-finite {what} ({value}) at iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
-            "training stopped before the optimizer step, the last saved checkpoint is the last good one")
+            "training stopped before the optimizer step, the last saved checkpoint is the last good one"
+        )
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, Any]:
         device = engine.state.device
@@ -131,16 +153,20 @@ class _WarmupPoly:
         return warmup_poly_lambda(step, self.total_steps, self.warmup_steps, self.power)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: float = 0.05,
-                       power: float = 0.9) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: float = 0.05, power: float = 0.9
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-iteration schedule: ``"poly"`` (warm-up fraction ``warmup`` + poly decay) or ``"onecycle"``."""
     total_steps = max(1, int(total_steps))
     if name == "poly":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupPoly(total_steps, round(warmup * total_steps), power))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _WarmupPoly(total_steps, round(warmup * total_steps), power)
+        )
     if name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps + 1,
-                                                   pct_start=max(warmup, 1e-3))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=max(warmup, 1e-3)
+        )
     raise ValueError(f"lr schedule must be 'poly' or 'onecycle', got {name!r}")
 
 
@@ -158,8 +184,15 @@ class ResumeFromLatest:
     wins over the folder scan. Without a checkpoint it logs and starts fresh.
     """
 
-    def __init__(self, ckpt_dir: str, load_dict: dict, enabled: bool = False, ckpt_path: str | None = None,
-                 map_location: Any = None, engine_key: str | None = "trainer") -> None:
+    def __init__(
+        self,
+        ckpt_dir: str,
+        load_dict: dict,
+        enabled: bool = False,
+        ckpt_path: str | None = None,
+        map_location: Any = None,
+        engine_key: str | None = "trainer",
+    ) -> None:
         self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), bool(enabled)
         self.ckpt_path, self.map_location, self.engine_key = ckpt_path, map_location, engine_key
 
@@ -232,7 +265,9 @@ class MLflowArtifacts:
     Does nothing when no ``MLFlowHandler`` is attached (i.e. without ``--tracking mlflow``).
     """
 
-    def __init__(self, paths: Sequence[str] = (), newest: Sequence[str] = (), params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[str] = (), newest: Sequence[str] = (), params: Mapping[str, Any] | None = None
+    ) -> None:
         self.paths, self.newest, self.params = [str(p) for p in paths], [str(g) for g in newest], dict(params or {})
 
     def attach(self, engine: Any) -> None:
@@ -245,8 +280,12 @@ class MLflowArtifacts:
 
         from monai.handlers import MLFlowHandler
 
-        handlers = {id(h.__self__): h.__self__ for ev in engine._event_handlers.values() for h, *_ in ev
-                    if isinstance(getattr(h, "__self__", None), MLFlowHandler)}
+        handlers = {
+            id(h.__self__): h.__self__
+            for ev in engine._event_handlers.values()
+            for h, *_ in ev
+            if isinstance(getattr(h, "__self__", None), MLFlowHandler)
+        }
         found = [max(m, key=os.path.getmtime) for m in (glob.glob(g) for g in self.newest) if m]
         for h in handlers.values():
             run = getattr(h, "cur_run", None)

@@ -53,9 +53,14 @@ class LabelPairDataset(Dataset):
         max_masks: pad/cap the mask dimension to this many channels (default: number of ids).
     """
 
-    def __init__(self, pairs: Sequence[Mapping[str, Any]], spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
-                 roi_size: Sequence[int] = (128, 128, 128), label_ids: Sequence[int] | None = None,
-                 max_masks: int | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Mapping[str, Any]],
+        spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
+        roi_size: Sequence[int] = (128, 128, 128),
+        label_ids: Sequence[int] | None = None,
+        max_masks: int | None = None,
+    ) -> None:
         self.items: list[dict[str, Any]] = []
         for p in pairs:
             try:
@@ -70,8 +75,9 @@ class LabelPairDataset(Dataset):
             m = int(max_masks or len(ids))
             ids = ids[:m]
             if not ids:
-                warnings.warn(f"skipping validation pair: {p['image']}: no label id shared with {p['ref_label']}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"skipping validation pair: {p['image']}: no label id shared with {p['ref_label']}", stacklevel=2
+                )
                 continue
             valid = torch.zeros(m, dtype=torch.bool)
             valid[: len(ids)] = True
@@ -79,8 +85,16 @@ class LabelPairDataset(Dataset):
             qm = torch.zeros((m, *ql.shape), dtype=torch.bool)
             for k, i in enumerate(ids):
                 rm[k], qm[k] = rl == i, ql == i
-            self.items.append({"ref_image": ri, "ref_masks": rm, "query_image": qi, "query_masks": qm,
-                               "valid": valid, "label_ids": torch.tensor(ids + [-1] * (m - len(ids)))})
+            self.items.append(
+                {
+                    "ref_image": ri,
+                    "ref_masks": rm,
+                    "query_image": qi,
+                    "query_masks": qm,
+                    "valid": valid,
+                    "label_ids": torch.tensor(ids + [-1] * (m - len(ids))),
+                }
+            )
         if pairs and not self.items:
             raise ValueError(f"no usable validation pair among {len(pairs)} (see warnings above)")
 

@@ -42,21 +42,45 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-__all__ = ["AUG_DEFAULTS", "MAGNITUDES", "view_params", "pack_masks", "unpack_masks", "JointAffined",
-           "appearance_transforms", "TwoViewAugment"]
+__all__ = [
+    "AUG_DEFAULTS",
+    "MAGNITUDES",
+    "view_params",
+    "pack_masks",
+    "unpack_masks",
+    "JointAffined",
+    "appearance_transforms",
+    "TwoViewAugment",
+]
 
 # Release defaults (weak = reference, strong = query). Ranges are (low, high) factors; stds are absolute
 # on z-scored intensities; angles in degrees; blur sigma in voxels.
 AUG_DEFAULTS: dict[str, dict[str, Any]] = {
     "weak": {
-        "affine_prob": 0.5, "scale": 0.3, "rotate": 30.0, "shear": 0.0,
-        "aug_prob": 0.2, "brightness": (0.9, 1.1), "brightness_add_std": 0.1, "gamma": (0.8, 1.2),
-        "contrast": (0.8, 1.2), "blur": (0.8, 1.2), "noise_std": 0.02,
+        "affine_prob": 0.5,
+        "scale": 0.3,
+        "rotate": 30.0,
+        "shear": 0.0,
+        "aug_prob": 0.2,
+        "brightness": (0.9, 1.1),
+        "brightness_add_std": 0.1,
+        "gamma": (0.8, 1.2),
+        "contrast": (0.8, 1.2),
+        "blur": (0.8, 1.2),
+        "noise_std": 0.02,
     },
     "strong": {
-        "affine_prob": 0.8, "scale": 0.3, "rotate": 30.0, "shear": 0.1,
-        "aug_prob": 0.2, "brightness": (0.8, 1.3), "brightness_add_std": 0.15, "gamma": (0.8, 1.3),
-        "contrast": (0.8, 1.3), "blur": (0.7, 1.5), "noise_std": 0.04,
+        "affine_prob": 0.8,
+        "scale": 0.3,
+        "rotate": 30.0,
+        "shear": 0.1,
+        "aug_prob": 0.2,
+        "brightness": (0.8, 1.3),
+        "brightness_add_std": 0.15,
+        "gamma": (0.8, 1.3),
+        "contrast": (0.8, 1.3),
+        "blur": (0.7, 1.5),
+        "noise_std": 0.04,
     },
 }
 MAGNITUDES: dict[str, float] = {"small": 0.5, "medium": 1.0, "large": 1.5}
@@ -142,13 +166,20 @@ class JointAffined(Randomizable):
         self.spatial_size = tuple(int(s) for s in spatial_size)
         rad = math.radians(rotate)
         self.affine = RandAffined(
-            keys=self.keys, prob=1.0, spatial_size=self.spatial_size, mode=list(mode), padding_mode="zeros",
-            rotate_range=(rad, rad, rad), scale_range=(scale, scale, scale), shear_range=(shear,) * 6,
+            keys=self.keys,
+            prob=1.0,
+            spatial_size=self.spatial_size,
+            mode=list(mode),
+            padding_mode="zeros",
+            rotate_range=(rad, rad, rad),
+            scale_range=(scale, scale, scale),
+            shear_range=(shear,) * 6,
         )
-        self.identity = RandAffined(keys=self.keys, prob=0.0, spatial_size=self.spatial_size, mode=list(mode),
-                                    padding_mode="zeros")
+        self.identity = RandAffined(
+            keys=self.keys, prob=0.0, spatial_size=self.spatial_size, mode=list(mode), padding_mode="zeros"
+        )
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "JointAffined":
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> JointAffined:
         super().set_random_state(seed, state)
         self.affine.set_random_state(seed=int(self.R.randint(2**31 - 1)))
         return self
@@ -175,14 +206,20 @@ def appearance_transforms(key: str, p: Mapping[str, Any]) -> Compose:
     b_lo, b_hi = p["brightness"]
     c_lo, c_hi = p["contrast"]
     shift = float(p["brightness_add_std"]) * math.sqrt(3.0)  # uniform with the release's normal std
-    return Compose([
-        RandScaleIntensityd(key, factors=(b_lo - 1.0, b_hi - 1.0), prob=q),
-        RandShiftIntensityd(key, offsets=(-shift, shift), prob=q),
-        RandAdjustContrastd(key, gamma=tuple(p["gamma"]), retain_stats=True, prob=q),
-        RandScaleIntensityFixedMeand(key, factors=(c_lo - 1.0, c_hi - 1.0), fixed_mean=True, preserve_range=True, prob=q),
-        RandGaussianSmoothd(key, sigma_x=tuple(p["blur"]), sigma_y=tuple(p["blur"]), sigma_z=tuple(p["blur"]), prob=q),
-        RandGaussianNoised(key, std=float(p["noise_std"]), sample_std=False, prob=q),
-    ])
+    return Compose(
+        [
+            RandScaleIntensityd(key, factors=(b_lo - 1.0, b_hi - 1.0), prob=q),
+            RandShiftIntensityd(key, offsets=(-shift, shift), prob=q),
+            RandAdjustContrastd(key, gamma=tuple(p["gamma"]), retain_stats=True, prob=q),
+            RandScaleIntensityFixedMeand(
+                key, factors=(c_lo - 1.0, c_hi - 1.0), fixed_mean=True, preserve_range=True, prob=q
+            ),
+            RandGaussianSmoothd(
+                key, sigma_x=tuple(p["blur"]), sigma_y=tuple(p["blur"]), sigma_z=tuple(p["blur"]), prob=q
+            ),
+            RandGaussianNoised(key, std=float(p["noise_std"]), sample_std=False, prob=q),
+        ]
+    )
 
 
 class TwoViewAugment(Randomizable):
@@ -217,11 +254,17 @@ class TwoViewAugment(Randomizable):
         self.spatial_tf, self.appearance_tf = {}, {}
         for name, p in self.params.items():
             self.spatial_tf[name] = JointAffined(
-                ["image", "codes"], self.crop_size, p["affine_prob"], p["scale"], p["rotate"], p["shear"],
-                mode=["bilinear", "nearest"])
+                ["image", "codes"],
+                self.crop_size,
+                p["affine_prob"],
+                p["scale"],
+                p["rotate"],
+                p["shear"],
+                mode=["bilinear", "nearest"],
+            )
             self.appearance_tf[name] = appearance_transforms("image", p)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "TwoViewAugment":
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViewAugment:
         super().set_random_state(seed, state)
         for name in ("weak", "strong"):
             self.spatial_tf[name].set_random_state(seed=int(self.R.randint(2**31 - 1)))
@@ -231,7 +274,9 @@ class TwoViewAugment(Randomizable):
     def randomize(self, data: Any = None) -> None:  # randomness lives in the sub-transforms
         pass
 
-    def view(self, strength: str, image: torch.Tensor, codes: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def view(
+        self, strength: str, image: torch.Tensor, codes: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One view from an image ``[1,*ctx]`` and packed masks (:func:`pack_masks`) ``[G,*ctx]``.
 
         Returns ``(image [1,*crop], masks bool [n,*crop], matrix 4x4)``.
@@ -244,15 +289,28 @@ class TwoViewAugment(Randomizable):
         codes_out = d["codes"].as_tensor() if hasattr(d["codes"], "as_tensor") else d["codes"]
         return img.float().contiguous(), unpack_masks(codes_out, n), matrix
 
-    def from_codes(self, ref_image: torch.Tensor, ref_codes: torch.Tensor, query_image: torch.Tensor,
-                   query_codes: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    def from_codes(
+        self,
+        ref_image: torch.Tensor,
+        ref_codes: torch.Tensor,
+        query_image: torch.Tensor,
+        query_codes: torch.Tensor,
+        n: int,
+    ) -> dict[str, torch.Tensor]:
         """Both views from packed masks (the fast path used by the pretraining dataset)."""
         ri, rm, ra = self.view("weak", ref_image, ref_codes, n)
         qi, qm, qa = self.view("strong", query_image, query_codes, n)
-        return {"ref_image": ri, "ref_masks": rm, "ref_affine": ra,
-                "query_image": qi, "query_masks": qm, "query_affine": qa}
+        return {
+            "ref_image": ri,
+            "ref_masks": rm,
+            "ref_affine": ra,
+            "query_image": qi,
+            "query_masks": qm,
+            "query_affine": qa,
+        }
 
-    def __call__(self, ref_image: torch.Tensor, ref_masks: torch.Tensor, query_image: torch.Tensor,
-                 query_masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, ref_image: torch.Tensor, ref_masks: torch.Tensor, query_image: torch.Tensor, query_masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         n = int(ref_masks.shape[0])
         return self.from_codes(ref_image, pack_masks(ref_masks), query_image, pack_masks(query_masks), n)

@@ -30,8 +30,15 @@ import numpy as np
 
 from components.data.loading import VolumeError
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 TRUE_WORDS = {"1", "1.0", "true", "yes", "y", "pos", "positive"}
 FALSE_WORDS = {"0", "0.0", "false", "no", "n", "neg", "negative", ""}
 MODALITIES = ("MR", "CT", "PET")
@@ -87,13 +94,19 @@ def encode_label(row: Mapping[str, Any], classes: Sequence[str], task: str, wher
     text = str(value).strip()
     if text in classes:
         index = classes.index(text)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() \
-            and 0 <= int(value) < len(classes):
+    elif (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+        and 0 <= int(value) < len(classes)
+    ):
         index = int(value)
     elif text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
         index = int(text)
     else:
-        raise DatalistError(where, f"unknown label {value!r}; known classes: {classes} (or indices 0..{len(classes) - 1})")
+        raise DatalistError(
+            where, f"unknown label {value!r}; known classes: {classes} (or indices 0..{len(classes) - 1})"
+        )
     if task == "binary":
         if len(classes) != 2:
             raise ValueError(f"a binary task needs classes=[negative, positive], got {classes}")
@@ -112,9 +125,13 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "image" not in [h.strip() for h in reader.fieldnames]:
                 raise DatalistError(path, f"CSV header must contain an 'image' column, got {reader.fieldnames}")
-            return [(f"{path}, line {reader.line_num}", {k.strip(): (v.strip() if isinstance(v, str) else v)
-                                                         for k, v in row.items() if k is not None})
-                    for row in reader]
+            return [
+                (
+                    f"{path}, line {reader.line_num}",
+                    {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None},
+                )
+                for row in reader
+            ]
     if path.suffix.lower() == ".json":
         try:
             content = json.loads(path.read_text())
@@ -125,8 +142,9 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         elif isinstance(content, dict):
             sections = {k: v for k, v in content.items() if isinstance(v, list) and k.lower() in SPLIT_ALIASES}
             if not sections:
-                raise DatalistError(path, f"JSON datalist needs a list or sections {sorted(SPLIT_ALIASES)}, "
-                                          f"got keys {sorted(content)}")
+                raise DatalistError(
+                    path, f"JSON datalist needs a list or sections {sorted(SPLIT_ALIASES)}, got keys {sorted(content)}"
+                )
         else:
             raise DatalistError(path, "JSON datalist must be a list or a dict of lists")
         out = []
@@ -175,8 +193,15 @@ def read_datalist(
             split = SPLIT_ALIASES[str(split).strip().lower()]
         else:
             split = None
-        items.append({"image": str(image_path.resolve()), "label": encode_label(row, classes, task, where),
-                      "modality": modality, "split": split, "row": where})
+        items.append(
+            {
+                "image": str(image_path.resolve()),
+                "label": encode_label(row, classes, task, where),
+                "modality": modality,
+                "split": split,
+                "row": where,
+            }
+        )
     if not items:
         raise DatalistError(path, "datalist has no rows")
     return items
@@ -253,18 +278,28 @@ def check_label_coverage(
         pos = int(tr[:, j].sum()) if len(tr) else 0
         if pos == 0 or pos == len(tr):
             state = "no positive" if pos == 0 else "only positive"
-            warnings.warn(f"label {name!r} has {state} examples in the training fraction ({len(tr)} rows); "
-                          "its output cannot be learnt from these data", stacklevel=2)
+            warnings.warn(
+                f"label {name!r} has {state} examples in the training fraction ({len(tr)} rows); "
+                "its output cannot be learnt from these data",
+                stacklevel=2,
+            )
     if not val:
-        raise ValueError("no validation rows: the validation AUC that selects the best head is undefined; "
-                         "add a 'split' column with 'val' rows or set val_fraction > 0")
+        raise ValueError(
+            "no validation rows: the validation AUC that selects the best head is undefined; "
+            "add a 'split' column with 'val' rows or set val_fraction > 0"
+        )
     va = _label_matrix(val, n, task)
     defined = [name for j, name in enumerate(names) if 0 < va[:, j].sum() < len(va)]
     undefined = [name for name in names if name not in defined]
     if not defined:
-        raise ValueError(f"validation AUC undefined for every label {names}: each has a single class in the "
-                         f"{len(va)} validation rows; add validation rows with both classes")
+        raise ValueError(
+            f"validation AUC undefined for every label {names}: each has a single class in the "
+            f"{len(va)} validation rows; add validation rows with both classes"
+        )
     if undefined:
-        warnings.warn(f"validation AUC undefined for {undefined} (single class in validation); the mean AUC "
-                      f"averages the {len(defined)} defined labels only", stacklevel=2)
+        warnings.warn(
+            f"validation AUC undefined for {undefined} (single class in validation); the mean AUC "
+            f"averages the {len(defined)} defined labels only",
+            stacklevel=2,
+        )
     return defined

@@ -15,30 +15,32 @@ import json
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from components.io.atomic import atomic_write
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import ClipIntensityPercentiles, MapTransform, NormalizeIntensity, ScaleIntensityRange
 from torch import nn
 
-from components.probe.head import deepest
-from components.network.blocks import Encoder
 from components.data.loading import VolumeError
+from components.io.atomic import atomic_write
+from components.network.blocks import Encoder
 from components.network.nets import preset_config
 from components.network.release_checkpoint import infer_release_config, load_release_checkpoint, read_release_state_dict
+from components.probe.head import deepest
 
 logger = logging.getLogger(__name__)
 
 
 # -- encoder -----------------------------------------------------------------------------------
 
-def build_encoder(preset: str = "small", pretrained: str | os.PathLike | None = None, prefer_ema: bool = True,
-                  **overrides: Any) -> Encoder:
+
+def build_encoder(
+    preset: str = "small", pretrained: str | os.PathLike | None = None, prefer_ema: bool = True, **overrides: Any
+) -> Encoder:
     """The MASS encoder of a network preset; with ``pretrained``, its weights from that file.
 
     ``pretrained``: a release checkpoint, our pretraining bundle's checkpoint (``model`` /
@@ -67,10 +69,13 @@ def preset_of_checkpoint(path: str | os.PathLike, prefer_ema: bool = True) -> st
 
     cfg = infer_release_config(read_release_state_dict(path, prefer_ema))
     for name, preset in PRESETS.items():
-        if tuple(preset["channels"]) == tuple(cfg["channels"]) and tuple(preset["num_blocks"]) == tuple(cfg["num_blocks"]):
+        if tuple(preset["channels"]) == tuple(cfg["channels"]) and tuple(preset["num_blocks"]) == tuple(
+            cfg["num_blocks"]
+        ):
             return name
-    raise ValueError(f"{path}: encoder channels {cfg['channels']} / blocks {cfg['num_blocks']} match no preset "
-                     f"({sorted(PRESETS)})")
+    raise ValueError(
+        f"{path}: encoder channels {cfg['channels']} / blocks {cfg['num_blocks']} match no preset ({sorted(PRESETS)})"
+    )
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
@@ -85,6 +90,7 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
 
 # -- intensity ---------------------------------------------------------------------------------
 
+
 class ModalityNormalized(MapTransform):
     """Per-row modality-aware intensity normalisation (the pretraining recipe).
 
@@ -92,9 +98,15 @@ class ModalityNormalized(MapTransform):
     then z-score. The modality is read from ``data[modality_key]`` (``default`` when absent).
     """
 
-    def __init__(self, keys: KeysCollection, modality_key: str = "modality", default: str = "MR",
-                 ct_window: Sequence[float] = (-991.0, 500.0), percentiles: Sequence[float] = (2.0, 98.0),
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modality_key: str = "modality",
+        default: str = "MR",
+        ct_window: Sequence[float] = (-991.0, 500.0),
+        percentiles: Sequence[float] = (2.0, 98.0),
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality_key = modality_key
         self.default = default
@@ -116,6 +128,7 @@ class ModalityNormalized(MapTransform):
 
 # -- feature cache -----------------------------------------------------------------------------
 
+
 class LoadFeatured(MapTransform):
     """Replace a cached-feature path under ``keys`` by its tensor ``[C, d, h, w]`` (``weights_only``)."""
 
@@ -136,6 +149,10 @@ def root_cause(err: BaseException) -> str:
     return f"{type(found).__name__}: {found}"
 
 
+def _save_tensor(tensor: torch.Tensor, path: str) -> None:
+    torch.save(tensor, path)
+
+
 class FeatureCache:
     """Deepest-level features of a frozen encoder, computed once per image and kept on disk.
 
@@ -148,9 +165,16 @@ class FeatureCache:
         batch_size: images per encoder forward when filling the cache.
     """
 
-    def __init__(self, encoder: nn.Module, transform: Any, cache_dir: str | os.PathLike,
-                 signature: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
-                 image_key: str = "image", batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        transform: Any,
+        cache_dir: str | os.PathLike,
+        signature: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        image_key: str = "image",
+        batch_size: int = 4,
+    ) -> None:
         self.encoder = encoder
         self.transform = transform
         self.cache_dir = Path(cache_dir)
@@ -205,7 +229,7 @@ class FeatureCache:
             for group in groups:
                 feats = self._encode([p[1] for p in group])
                 for (target, _), f in zip(group, feats):
-                    atomic_write(target, lambda tmp, t=f.clone().contiguous(): torch.save(t, tmp))
+                    atomic_write(target, partial(_save_tensor, f.clone().contiguous()))
                     computed += 1
             pending.clear()
 
@@ -223,8 +247,13 @@ class FeatureCache:
             if len(pending) >= self.batch_size:
                 flush()
         flush()
-        logger.info("features: %d computed, %d from cache %s, %d failed", computed, len(out) - computed,
-                    self.cache_dir, len(errors))
+        logger.info(
+            "features: %d computed, %d from cache %s, %d failed",
+            computed,
+            len(out) - computed,
+            self.cache_dir,
+            len(errors),
+        )
         if errors and not out:
             raise RuntimeError("no image could be encoded:\n" + "\n".join(errors))
         return out

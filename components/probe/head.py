@@ -148,7 +148,7 @@ class ProbeClassifier(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
-    def train(self, mode: bool = True) -> "ProbeClassifier":
+    def train(self, mode: bool = True) -> ProbeClassifier:
         super().train(mode)
         if self.freeze_encoder:
             self.encoder.eval()

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from components.io.atomic import atomic_write
 from monai.handlers import IgniteMetricHandler, MLFlowHandler, from_engine
 from monai.metrics import ROCAUCMetric
 from monai.metrics.rocauc import compute_roc_auc
+
+from components.io.atomic import atomic_write
 
 
 class ProbeAUC(ROCAUCMetric):
@@ -47,15 +47,19 @@ class ProbeAUC(ROCAUCMetric):
         if not defined:
             raise ValueError("validation AUC undefined: every class has a single value in the validation targets")
         if len(defined) < len(per_class):
-            warnings.warn(f"mean AUC over {len(defined)} of {len(per_class)} classes (the others have a single "
-                          "class in the validation targets)", stacklevel=2)
+            warnings.warn(
+                f"mean AUC over {len(defined)} of {len(per_class)} classes (the others have a single "
+                "class in the validation targets)",
+                stacklevel=2,
+            )
         return float(sum(defined) / len(defined))
 
 
 def auc_handler(class_index: int | None = None) -> IgniteMetricHandler:
     """Ignite metric handler of :class:`ProbeAUC` on ``engine.state.output`` ``pred``/``label``."""
-    return IgniteMetricHandler(metric_fn=ProbeAUC(class_index), output_transform=from_engine(["pred", "label"]),
-                               save_details=False)
+    return IgniteMetricHandler(
+        metric_fn=ProbeAUC(class_index), output_transform=from_engine(["pred", "label"]), save_details=False
+    )
 
 
 def auc_handlers(names: Sequence[str], prefix: str = "val_auc_") -> dict[str, IgniteMetricHandler]:
@@ -83,14 +87,22 @@ class ProbeRecorder:
         key_metric: name of the mean-AUC metric; per-class metrics start with ``class_prefix``.
     """
 
-    def __init__(self, validator: Any, head: torch.nn.Module, output_dir: str | os.PathLike,
-                 params: Mapping[str, Any] | None = None, key_metric: str = "val_mean_auc",
-                 class_prefix: str = "val_auc_") -> None:
+    def __init__(
+        self,
+        validator: Any,
+        head: torch.nn.Module,
+        output_dir: str | os.PathLike,
+        params: Mapping[str, Any] | None = None,
+        key_metric: str = "val_mean_auc",
+        class_prefix: str = "val_auc_",
+    ) -> None:
         self.validator = validator
         self.head = head
         self.output_dir = Path(output_dir)
-        self.params = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-                       for k, v in dict(params or {}).items()}
+        self.params = {
+            k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+            for k, v in dict(params or {}).items()
+        }
         self.key_metric = key_metric
         self.class_prefix = class_prefix
         self.best: dict[str, Any] = {}
@@ -143,8 +155,9 @@ class ProbeRecorder:
             "params": self.params,
             "best_epoch": self.best.get("epoch"),
             "best_mean_auc": self.best.get(self.key_metric),
-            "best_auc_per_class": {k[len(self.class_prefix):]: v for k, v in self.best.items()
-                                   if k.startswith(self.class_prefix)},
+            "best_auc_per_class": {
+                k[len(self.class_prefix) :]: v for k, v in self.best.items() if k.startswith(self.class_prefix)
+            },
             "history": self.history,
         }
         atomic_write(self.summary_path, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))

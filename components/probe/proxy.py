@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from monai.transforms import BorderPad, SpatialCrop
 
-from components.io.atomic import atomic_json, atomic_write
 from components.data.loading import load_transforms
+from components.io.atomic import atomic_json, atomic_write
 
 STRUCTURES: dict[str, list[int]] = {
     "ventricles": [4, 43],
@@ -69,8 +69,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     atomic_write(path, writer)
 
 
-def crop_centres(label: np.ndarray, ids: Sequence[int], n: int, jitter_vox: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
+def crop_centres(
+    label: np.ndarray, ids: Sequence[int], n: int, jitter_vox: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` crop centres ``[n, 3]``: random voxels of the structure plus uniform jitter (voxels)."""
     coords = np.argwhere(np.isin(label, list(ids)))
     if len(coords) == 0:
@@ -126,15 +127,38 @@ def build_proxy_task(
                 _write_nifti(img_c[0].numpy(), np.asarray(img_c.affine), path)
                 lab_arr = lab_c[0].numpy()
                 present = {s: int(np.isin(lab_arr, list(i)).sum() >= presence_voxels) for s, i in structures.items()}
-                rows.append({"image": f"crops/{path.name}", "label": cls, "modality": "MR", "split": split,
-                             "volume": name, **present})
+                rows.append(
+                    {
+                        "image": f"crops/{path.name}",
+                        "label": cls,
+                        "modality": "MR",
+                        "split": split,
+                        "volume": name,
+                        **present,
+                    }
+                )
     names = list(structures)
-    _write_csv(out / "datalist.csv", ["image", "label", "modality", "split", "volume"],
-               [[r["image"], r["label"], r["modality"], r["split"], r["volume"]] for r in rows])
-    _write_csv(out / "datalist_multilabel.csv", ["image", *names, "modality", "split", "volume"],
-               [[r["image"], *[r[s] for s in names], r["modality"], r["split"], r["volume"]] for r in rows])
-    atomic_json(out / "classes.json", {"classes": names, "label_ids": structures, "crop_size": [int(s) for s in size],
-                                       "spacing": [float(s) for s in spacing], "jitter_mm": jitter_mm, "seed": seed})
+    _write_csv(
+        out / "datalist.csv",
+        ["image", "label", "modality", "split", "volume"],
+        [[r["image"], r["label"], r["modality"], r["split"], r["volume"]] for r in rows],
+    )
+    _write_csv(
+        out / "datalist_multilabel.csv",
+        ["image", *names, "modality", "split", "volume"],
+        [[r["image"], *[r[s] for s in names], r["modality"], r["split"], r["volume"]] for r in rows],
+    )
+    atomic_json(
+        out / "classes.json",
+        {
+            "classes": names,
+            "label_ids": structures,
+            "crop_size": [int(s) for s in size],
+            "spacing": [float(s) for s in spacing],
+            "jitter_mm": jitter_mm,
+            "seed": seed,
+        },
+    )
     return out / "datalist.csv"
 
 
@@ -148,8 +172,9 @@ RUNS = {  # name -> bundle overrides (the pretrained weights are added for "pret
 }
 
 
-def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE, quiet: bool = False,
-               **kwargs: Any) -> dict[str, Any]:
+def run_bundle(
+    overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE, quiet: bool = False, **kwargs: Any
+) -> dict[str, Any]:
     """Run ``configs/train.json`` of the bundle with ``overrides``; returns its ``summary.json``.
 
     ``quiet`` keeps only warnings on the console; ``kwargs`` go to ``ConfigWorkflow`` (e.g. ``tracking``).
@@ -159,15 +184,25 @@ def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE,
     from monai.bundle import ConfigWorkflow
 
     bundle = Path(bundle)
-    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"),
-                        meta_file=str(bundle / "configs" / "metadata.json"),
-                        logging_file=str(bundle / "configs" / "logging.conf"),
-                        workflow_type="train", bundle_root=str(bundle), **kwargs, **dict(overrides))
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(bundle),
+        **kwargs,
+        **dict(overrides),
+    )
     wf.initialize()
     if quiet:
         wf.parser.get_parsed_content("train#trainer")  # handlers create their loggers when instantiated
-        for name in ("", "ignite", "ignite.engine.engine.SupervisedTrainer", "ignite.engine.engine.SupervisedEvaluator",
-                     "components.probe.features"):
+        for name in (
+            "",
+            "ignite",
+            "ignite.engine.engine.SupervisedTrainer",
+            "ignite.engine.engine.SupervisedEvaluator",
+            "components.probe.features",
+        ):
             logging.getLogger(name).setLevel(logging.WARNING)
         for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
             if isinstance(logger, logging.Logger):
@@ -177,11 +212,24 @@ def run_bundle(overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE,
     return json.loads((Path(wf.parser.get_parsed_content("output_dir")) / "summary.json").read_text())
 
 
-def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str = "", preset: str = "auto",
-         crop: int = 32, spacing: float = 2.0, per_class: int = 12, fractions: str | Sequence[float] = "1.0",
-         runs: str | Sequence[str] = "pretrained_frozen,random_frozen,scratch_full", frozen_epochs: int = 40,
-         frozen_lr: float = 3e-3, scratch_epochs: int = 4, scratch_lr: float = 1e-4, seed: int = 0,
-         threads: int = 1, quiet: bool = True) -> dict[str, dict[str, Any]]:
+def demo(
+    pretrained: str = "",
+    out_dir: str = "demo_output/probe",
+    data_dir: str = "",
+    preset: str = "auto",
+    crop: int = 32,
+    spacing: float = 2.0,
+    per_class: int = 12,
+    fractions: str | Sequence[float] = "1.0",
+    runs: str | Sequence[str] = "pretrained_frozen,random_frozen,scratch_full",
+    frozen_epochs: int = 40,
+    frozen_lr: float = 3e-3,
+    scratch_epochs: int = 4,
+    scratch_lr: float = 1e-4,
+    seed: int = 0,
+    threads: int = 1,
+    quiet: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Build the proxy task, train the probe for every run and fraction, print and return the AUC table.
 
     ``preset="auto"``: the preset of the ``pretrained`` checkpoint (``small`` without one), for every run.
@@ -208,18 +256,33 @@ def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str
         names = [n for n in names if n != "pretrained_frozen"]
     t0 = time.time()
     n_eval = max(4, per_class * 2 // 3)
-    datalist = build_proxy_task(out / "task", volumes=demo_volumes(data_dir or None), crop_size=(crop,) * 3,
-                                spacing=(spacing,) * 3, per_class={"train": per_class, "val": n_eval, "test": n_eval},
-                                seed=seed)
+    datalist = build_proxy_task(
+        out / "task",
+        volumes=demo_volumes(data_dir or None),
+        crop_size=(crop,) * 3,
+        spacing=(spacing,) * 3,
+        per_class={"train": per_class, "val": n_eval, "test": n_eval},
+        seed=seed,
+    )
     print(f"proxy task: {datalist} ({time.time() - t0:.1f} s)")
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         for f in fr:
             t1 = time.time()
             tag = f"{name}_f{f:g}"
-            ov = {"datalist": str(datalist), "preset": preset, "spacing": [spacing] * 3, "spatial_size": [crop] * 3,
-                  "fraction": f, "seed": seed, "output_dir": str(out / tag), "ckpt_dir": str(out / tag / "models"),
-                  "cache_dir": str(out / "feature_cache"), "pretrained": pretrained, **RUNS[name]}
+            ov = {
+                "datalist": str(datalist),
+                "preset": preset,
+                "spacing": [spacing] * 3,
+                "spatial_size": [crop] * 3,
+                "fraction": f,
+                "seed": seed,
+                "output_dir": str(out / tag),
+                "ckpt_dir": str(out / tag / "models"),
+                "cache_dir": str(out / "feature_cache"),
+                "pretrained": pretrained,
+                **RUNS[name],
+            }
             frozen = ov["mode"] == "frozen"
             ov["train#trainer#max_epochs"] = frozen_epochs if frozen else scratch_epochs
             ov["learning_rate"] = frozen_lr if frozen else scratch_lr
@@ -227,22 +290,39 @@ def demo(pretrained: str = "", out_dir: str = "demo_output/probe", data_dir: str
             s["seconds"] = round(time.time() - t1, 1)
             results[tag] = s
             per = ", ".join(f"{k} {v:.3f}" for k, v in s["best_auc_per_class"].items())
-            print(f"{tag}: val mean AUC {s['best_mean_auc']:.3f} (best epoch {s['best_epoch']}, "
-                  f"{s['params']['train_rows']} train rows, {s['seconds']} s); per class: {per}", flush=True)
+            print(
+                f"{tag}: val mean AUC {s['best_mean_auc']:.3f} (best epoch {s['best_epoch']}, "
+                f"{s['params']['train_rows']} train rows, {s['seconds']} s); per class: {per}",
+                flush=True,
+            )
     print("\nrun                 fraction  train rows  val mean AUC")
     for tag, s in results.items():
-        print(f"{tag.rsplit('_f', 1)[0]:<19} {s['params']['fraction']:>8}  {s['params']['train_rows']:>10}"
-              f"  {s['best_mean_auc']:.3f}")
+        print(
+            f"{tag.rsplit('_f', 1)[0]:<19} {s['params']['fraction']:>8}  {s['params']['train_rows']:>10}"
+            f"  {s['best_mean_auc']:.3f}"
+        )
     atomic_json(out / "results.json", results)
     print(f"total {time.time() - t0:.1f} s; results in {out / 'results.json'}")
     return results
 
 
-def build(out_dir: str = "demo_output/probe/task", data_dir: str = "", crop: int = 32, spacing: float = 2.0,
-          per_class: int = 12, seed: int = 0) -> str:
+def build(
+    out_dir: str = "demo_output/probe/task",
+    data_dir: str = "",
+    crop: int = 32,
+    spacing: float = 2.0,
+    per_class: int = 12,
+    seed: int = 0,
+) -> str:
     """CLI: build the proxy task only; prints the datalist path."""
-    path = build_proxy_task(out_dir, volumes=demo_volumes(data_dir or None), crop_size=(crop,) * 3,
-                            spacing=(spacing,) * 3, per_class=per_class, seed=seed)
+    path = build_proxy_task(
+        out_dir,
+        volumes=demo_volumes(data_dir or None),
+        crop_size=(crop,) * 3,
+        spacing=(spacing,) * 3,
+        per_class=per_class,
+        seed=seed,
+    )
     return str(path)
 
 

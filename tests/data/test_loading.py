@@ -108,9 +108,13 @@ def test_datalist_from_folder_with_label_suffix(tmp_path: Path, shared_data: Pat
 
 
 def test_datalist_from_decathlon_and_json(tmp_path: Path, demo_data: Path) -> None:
-    msd = {"name": "demo", "modality": {"0": "MRI"}, "labels": {"0": "bg"},
-           "training": [{"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}],
-           "test": []}
+    msd = {
+        "name": "demo",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "bg"},
+        "training": [{"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}],
+        "test": [],
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(msd))
     data = build_datalist(tmp_path / "dataset.json")
     assert data[0]["label"].endswith("colin27_seg.nii.gz")
@@ -185,7 +189,9 @@ def test_constant_and_empty_rejected(tmp_path: Path) -> None:
 
 def test_label_grid_mismatch_rejected(tmp_path: Path, demo_data: Path) -> None:
     item = {"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}
-    with pytest.raises(VolumeError, match=r"mni152_seg\.nii\.gz: grid \(77, 94, 80\) does not match image .*colin27_t1"):
+    with pytest.raises(
+        VolumeError, match=r"mni152_seg\.nii\.gz: grid \(77, 94, 80\) does not match image .*colin27_t1"
+    ):
         _load_pair(item)
     # same shape, shifted origin: affine mismatch
     img = nib.load(demo_data / "colin27_t1.nii.gz")
@@ -204,7 +210,11 @@ def test_missing_file_in_transform(tmp_path: Path) -> None:
 def test_check_volumed_one_bad_case_does_not_affect_others(tmp_path: Path, demo_data: Path) -> None:
     """A loop over a datalist can skip the bad case and keep going (the pattern every bundle uses)."""
     bad = _nifti(tmp_path / "bad2d.nii.gz", np.zeros((4, 4), np.float32))
-    items = [{"image": str(demo_data / "itk_t1.nii.gz")}, {"image": str(bad)}, {"image": str(demo_data / "mni152_t1.nii.gz")}]
+    items = [
+        {"image": str(demo_data / "itk_t1.nii.gz")},
+        {"image": str(bad)},
+        {"image": str(demo_data / "mni152_t1.nii.gz")},
+    ]
     ok, errors = [], []
     for it in items:
         try:

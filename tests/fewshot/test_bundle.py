@@ -18,9 +18,14 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
 
 def _workflow(name: str, kind: str, **overrides) -> ConfigWorkflow:
     cfg = BUNDLE / "configs"
-    return ConfigWorkflow(config_file=str(cfg / name), meta_file=str(cfg / "metadata.json"),
-                          logging_file=str(cfg / "logging.conf"), workflow_type=kind,
-                          bundle_root=str(BUNDLE), **overrides)
+    return ConfigWorkflow(
+        config_file=str(cfg / name),
+        meta_file=str(cfg / "metadata.json"),
+        logging_file=str(cfg / "logging.conf"),
+        workflow_type=kind,
+        bundle_root=str(BUNDLE),
+        **overrides,
+    )
 
 
 def test_inference_writes_label_map_aligned_with_input(demo_data: Path, tmp_path: Path) -> None:
@@ -30,8 +35,14 @@ def test_inference_writes_label_map_aligned_with_input(demo_data: Path, tmp_path
     ckpt = tmp_path / "model.pt"
     torch.save(FixedClassNet("tiny", num_classes=len(names)).state_dict(), ckpt)
     # the ITK T1 is LSA at 2x2x3 mm: the output must come back on exactly that grid
-    wf = _workflow("inference.json", "infer", ckpt_path=str(ckpt), output_dir=str(tmp_path / "out"),
-                   dataset_dir=str(demo_data), image_pattern="itk_t1.nii.gz")
+    wf = _workflow(
+        "inference.json",
+        "infer",
+        ckpt_path=str(ckpt),
+        output_dir=str(tmp_path / "out"),
+        dataset_dir=str(demo_data),
+        image_pattern="itk_t1.nii.gz",
+    )
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -51,8 +62,9 @@ def test_train_workflow_properties_and_metadata(shared_dir: Path, tmp_path: Path
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())
     assert list(channel_def.values()) == inference["class_names"]
-    wf = _workflow("train.json", "train", output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"),
-                   spacing=[3.0, 3.0, 3.0])
+    wf = _workflow(
+        "train.json", "train", output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"), spacing=[3.0, 3.0, 3.0]
+    )
     wf.initialize()
     assert wf.check_properties() == []
     net = wf.parser.get_parsed_content("network")

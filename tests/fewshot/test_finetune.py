@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from components.fewshot.tasks import load_split, parse_classes
 from components.fewshot.evaluate import evaluate
+from components.fewshot.tasks import load_split, parse_classes
 from components.network.nets import FixedClassNet
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
@@ -26,11 +26,24 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [colin]}))
     out = tmp_path / "ft"
-    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs/train.json"), workflow_type="train",
-                        bundle_root=str(BUNDLE), split_file=str(split), classes=CLASSES, preset="tiny",
-                        spacing=SPACING, roi_size=ROI, patch_size=[48, 48, 48], num_samples=1, batch_size=1,
-                        epoch_length=10, **{"train#trainer#max_epochs": 2}, output_dir=str(out),
-                        ckpt_dir=str(out / "models"), val_interval=1)
+    wf = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs/train.json"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE),
+        split_file=str(split),
+        classes=CLASSES,
+        preset="tiny",
+        spacing=SPACING,
+        roi_size=ROI,
+        patch_size=[48, 48, 48],
+        num_samples=1,
+        batch_size=1,
+        epoch_length=10,
+        **{"train#trainer#max_epochs": 2},
+        output_dir=str(out),
+        ckpt_dir=str(out / "models"),
+        val_interval=1,
+    )
     wf.initialize()
     init_state = {k: v.detach().clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
     wf.run()

@@ -34,10 +34,17 @@ def test_hd95_handler_uses_each_cases_spacing() -> None:
     engine = Engine(lambda e, batch: batch)
     HausdorffDistanceMM(percentile=95, reduction="mean_batch").attach(engine, "hd95_mm")
     engine.run(batches, max_epochs=1)
-    per_case = [float(HausdorffDistanceMetric(include_background=True, percentile=95)(
-        p[None], g[None], spacing=list(np.diag(p.affine)[:3]))) for p, g in cases]
-    voxels = [float(HausdorffDistanceMetric(include_background=True, percentile=95)(p[None], g[None]))
-              for p, g in cases]
+    per_case = [
+        float(
+            HausdorffDistanceMetric(include_background=True, percentile=95)(
+                p[None], g[None], spacing=list(np.diag(p.affine)[:3])
+            )
+        )
+        for p, g in cases
+    ]
+    voxels = [
+        float(HausdorffDistanceMetric(include_background=True, percentile=95)(p[None], g[None])) for p, g in cases
+    ]
     assert per_case[0] == pytest.approx(2.5 * voxels[0])  # isotropic: mm = spacing x voxels
     assert per_case[1] == pytest.approx(voxels[1])  # the shift is along a 1 mm axis
     assert float(engine.state.metrics["hd95_mm"]) == pytest.approx(np.mean(per_case))
@@ -55,16 +62,29 @@ def test_evaluate_workflow_reports_hd95_in_mm(demo_data: Path, tmp_path: Path) -
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     torch.save(FixedClassNet("tiny", num_classes=len(cfg["classes"])).state_dict(), ckpt)
-    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs/evaluate.json"), meta_file=str(BUNDLE / "configs/metadata.json"),
-                        logging_file=str(BUNDLE / "configs/logging.conf"), workflow_type="infer",
-                        bundle_root=str(BUNDLE), ckpt_path=str(ckpt), output_dir=str(tmp_path / "eval"),
-                        dataset_dir=str(demo_data), spacing=[3.0, 3.0, 3.0], roi_size=[64, 64, 64],
-                        **{"network_def#preset": "tiny",
-                           # MONAI's own handler beside ours, for the voxel-unit comparison
-                           "additional_metrics#hd95_voxels": {
-                               "_target_": "HausdorffDistance", "include_background": True, "percentile": 95,
-                               "reduction": "mean_batch",
-                               "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}})
+    wf = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs/evaluate.json"),
+        meta_file=str(BUNDLE / "configs/metadata.json"),
+        logging_file=str(BUNDLE / "configs/logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        ckpt_path=str(ckpt),
+        output_dir=str(tmp_path / "eval"),
+        dataset_dir=str(demo_data),
+        spacing=[3.0, 3.0, 3.0],
+        roi_size=[64, 64, 64],
+        **{
+            "network_def#preset": "tiny",
+            # MONAI's own handler beside ours, for the voxel-unit comparison
+            "additional_metrics#hd95_voxels": {
+                "_target_": "HausdorffDistance",
+                "include_background": True,
+                "percentile": 95,
+                "reduction": "mean_batch",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            },
+        },
+    )
     wf.initialize()
     wf.run()
     wf.finalize()

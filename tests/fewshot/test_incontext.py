@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from components.data.loading import VolumeError
+from components.fewshot.evaluate import evaluate
+from components.fewshot.finetune import build_incontext_network
 from components.fewshot.tasks import (
     EmptyReferenceError,
     encode_support,
@@ -20,8 +22,6 @@ from components.fewshot.tasks import (
     parse_classes,
     sample_support,
 )
-from components.fewshot.evaluate import evaluate
-from components.fewshot.finetune import build_incontext_network
 
 SPACING = (3.0, 3.0, 3.0)
 ROI = (64, 64, 64)
@@ -103,8 +103,11 @@ def test_missing_label_file_is_a_clear_error(demo_data: Path, tmp_path: Path) ->
 def test_patient_level_split_is_fixed_in_a_file(demo_data: Path, tmp_path: Path) -> None:
     from components.fewshot.tasks import make_split
 
-    data = [dict(_pair(demo_data, "colin27"), patient="A"), dict(_pair(demo_data, "itk"), patient="A"),
-            dict(_pair(demo_data, "mni152"), patient="B")]
+    data = [
+        dict(_pair(demo_data, "colin27"), patient="A"),
+        dict(_pair(demo_data, "itk"), patient="A"),
+        dict(_pair(demo_data, "mni152"), patient="B"),
+    ]
     path = tmp_path / "split.json"
     split = make_split(data, path, n_test=1, seed=0)
     parts = {p: {d["patient"] for d in split[p]} for p in ("train", "test")}

@@ -21,19 +21,37 @@ class Killed(BaseException):
 
 def _config(demo: Path, tmp_path: Path, repo_root: Path) -> dict:
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({
-        "train": [{"image": str(demo / "colin27_t1.nii.gz"), "label": str(demo / "colin27_seg.nii.gz")},
-                  {"image": str(demo / "itk_t1.nii.gz"), "label": str(demo / "itk_seg.nii.gz")}],
-        "test": [{"image": str(demo / "mni152_t1.nii.gz"), "label": str(demo / "mni152_seg.nii.gz")}],
-    }))
-    return {"experiment": "fewshot_test", "dataset": "demo_brain_mri", "bundle_dir": str(repo_root / "bundles/mass_fewshot"),
-            "split_file": str(split), "classes": CLASSES, "preset": "tiny", "spacing": [3.0, 3.0, 3.0],
-            "roi_size": [64, 64, 64], "modality": "mr", "shots": [1], "seeds": [0, 1], "modes": ["ic"],
-            "inits": {"scratch": None, "pretrained": str(tmp_path / "no_such_model.pt")}}
+    split.write_text(
+        json.dumps(
+            {
+                "train": [
+                    {"image": str(demo / "colin27_t1.nii.gz"), "label": str(demo / "colin27_seg.nii.gz")},
+                    {"image": str(demo / "itk_t1.nii.gz"), "label": str(demo / "itk_seg.nii.gz")},
+                ],
+                "test": [{"image": str(demo / "mni152_t1.nii.gz"), "label": str(demo / "mni152_seg.nii.gz")}],
+            }
+        )
+    )
+    return {
+        "experiment": "fewshot_test",
+        "dataset": "demo_brain_mri",
+        "bundle_dir": str(repo_root / "bundles/mass_fewshot"),
+        "split_file": str(split),
+        "classes": CLASSES,
+        "preset": "tiny",
+        "spacing": [3.0, 3.0, 3.0],
+        "roi_size": [64, 64, 64],
+        "modality": "mr",
+        "shots": [1],
+        "seeds": [0, 1],
+        "modes": ["ic"],
+        "inits": {"scratch": None, "pretrained": str(tmp_path / "no_such_model.pt")},
+    }
 
 
-def test_sweep_resumes_and_report_reads_mlflow(demo_data: Path, tmp_path: Path, repo_root: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_resumes_and_report_reads_mlflow(
+    demo_data: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.set_num_threads(2)
     cfg = _config(demo_data, tmp_path, repo_root)
     out = tmp_path / "sweep"
@@ -63,7 +81,8 @@ def test_sweep_resumes_and_report_reads_mlflow(demo_data: Path, tmp_path: Path, 
     assert status["pretrained-ic-k1-s0"].startswith("failed") and "no_such_model.pt" in status["pretrained-ic-k1-s0"]
 
     runs = mlflow.MlflowClient(tracking_uri=uri).search_runs(
-        [mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("fewshot_test").experiment_id])
+        [mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("fewshot_test").experiment_id]
+    )
     done = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["run_key"] for r in done) == ["scratch-ic-k1-s0", "scratch-ic-k1-s1"]
     for r in done:
@@ -84,8 +103,9 @@ def test_sweep_resumes_and_report_reads_mlflow(demo_data: Path, tmp_path: Path, 
     assert "mlflow ui --backend-store-uri sqlite:///" in text
 
 
-def test_sweep_redoes_runs_whose_initialisation_file_changed(demo_data: Path, tmp_path: Path, repo_root: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_redoes_runs_whose_initialisation_file_changed(
+    demo_data: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from components.network.nets import build_network
 
     torch.set_num_threads(2)
@@ -112,6 +132,9 @@ def test_sweep_redoes_runs_whose_initialisation_file_changed(demo_data: Path, tm
     status = sweep.run_sweep(cfg, out, tracking_uri=uri)["runs"]
     assert calls == ["pretrained"] and status["scratch-ic-k1-s0"].startswith("skipped")
     client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("fewshot_test").experiment_id],
-                              filter_string="tags.run_key = 'pretrained-ic-k1-s0'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("fewshot_test").experiment_id],
+        filter_string="tags.run_key = 'pretrained-ic-k1-s0'",
+        order_by=["attributes.start_time DESC"],
+    )
     assert len(runs) == 2 and runs[0].data.tags["init_sha256"] != first == runs[1].data.tags["init_sha256"]

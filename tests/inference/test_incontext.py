@@ -134,7 +134,9 @@ def test_real_network_windowed_output_is_placed_and_blended_correctly(tiny_case)
     starts = list(itertools.product((0, 16), repeat=3))
     placed = {}
     for window, probs in calls:
-        where = [s for s in starts if torch.equal(window, query[..., s[0]:s[0] + 32, s[1]:s[1] + 32, s[2]:s[2] + 32])]
+        where = [
+            s for s in starts if torch.equal(window, query[..., s[0] : s[0] + 32, s[1] : s[1] + 32, s[2] : s[2] + 32])
+        ]
         assert len(where) == 1
         placed[where[0]] = probs
     assert sorted(placed) == starts
@@ -186,8 +188,9 @@ def test_largest_component_keeps_exactly_the_largest_blob_per_channel():
     expected[0, 2, 0, 0, 0] = 1
     assert torch.equal(kept, expected)
     # unbatched input and logits give the same masks
-    assert torch.equal(binarize(torch.logit(probs[0].clamp(1e-6, 1 - 1e-6)), largest_component=True,
-                                from_logits=True), expected[0])
+    assert torch.equal(
+        binarize(torch.logit(probs[0].clamp(1e-6, 1 - 1e-6)), largest_component=True, from_logits=True), expected[0]
+    )
 
 
 def test_crop_reference_centres_on_the_label():
@@ -204,7 +207,9 @@ def test_crop_reference_centres_on_the_label():
     assert ((lo + hi) / 2 - 16).abs().max() <= 0.5
     # the crop is the image itself at the matching place (no resampling, no padding)
     start = [int(i) for i in (torch.tensor([40, 30, 20]) - lo)]
-    torch.testing.assert_close(img, image[:, start[0]:start[0] + 32, start[1]:start[1] + 32, start[2]:start[2] + 32])
+    torch.testing.assert_close(
+        img, image[:, start[0] : start[0] + 32, start[1] : start[1] + 32, start[2] : start[2] + 32]
+    )
 
 
 def test_crop_reference_stays_inside_and_pads_small_volumes():

@@ -38,7 +38,7 @@ def test_round_trip_dense_and_sparse(tmp_path):
     for i, m in enumerate(masks):
         assert ms.voxels(i) == m.sum()
         bb = ms.bbox(i)
-        assert m[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]].sum() == m.sum()
+        assert m[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]].sum() == m.sum()
     # the same masks as sparse boxes (loose boxes are tightened)
     sparse = [SparseMask((0, 0, 0, *SHAPE), m) for m in masks]
     write_maskset(tmp_path / "b.mset", sparse, aff, prov, shape=SHAPE)
@@ -109,5 +109,5 @@ def test_header_is_json_with_version(tmp_path):
     write_maskset(p, _masks(2), np.eye(4), extra={"note": "x"})
     raw = p.read_bytes()
     magic, version, hlen = struct.unpack("<8sIQ", raw[:20])
-    header = json.loads(raw[20:20 + hlen])
+    header = json.loads(raw[20 : 20 + hlen])
     assert magic == b"MASSMSET" and version == header["version"] == 1 and header["extra"] == {"note": "x"}

@@ -46,8 +46,14 @@ def tiny_dir(shared_data, tmp_path_factory) -> Path:
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=Path(__file__).resolve().parents[2])
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def _small_args() -> list[str]:
@@ -64,8 +70,24 @@ def test_broken_volume_among_good_ones_with_mlflow(tiny_dir, tmp_path):
         (data / p.name).symlink_to(p)
     (data / "z_broken.nii.gz").write_bytes(b"this is not a NIfTI file")
     out = tmp_path / "out"
-    r = _cli(["run", "--config_file", str(CONFIG), "--bundle_root", str(BUNDLE), "--dataset_dir", str(data),
-              "--output_dir", str(out), "--tracking", "mlflow", "--experiment_name", "maskgen_test", *_small_args()])
+    r = _cli(
+        [
+            "run",
+            "--config_file",
+            str(CONFIG),
+            "--bundle_root",
+            str(BUNDLE),
+            "--dataset_dir",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--tracking",
+            "mlflow",
+            "--experiment_name",
+            "maskgen_test",
+            *_small_args(),
+        ]
+    )
     assert r.returncode != 0, r.stderr[-2000:]
     assert "1 volume(s) failed" in r.stderr and "mask generation" in r.stderr  # summary + progress bar
     fails = json.loads((out / "failures.json").read_text())
@@ -104,11 +126,13 @@ run(**json.loads(sys.argv[1]))
 
 def test_resume_after_crash_mid_volume(tiny_dir, tmp_path):
     out = tmp_path / "out"
-    kwargs = dict(config_file=str(CONFIG), bundle_root=str(BUNDLE), dataset_dir=str(tiny_dir), output_dir=str(out),
-                  **SMALL)
+    kwargs = dict(
+        config_file=str(CONFIG), bundle_root=str(BUNDLE), dataset_dir=str(tiny_dir), output_dir=str(out), **SMALL
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    r = subprocess.run([sys.executable, "-c", _CRASH, json.dumps(kwargs)], capture_output=True, text=True,
-                       timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", _CRASH, json.dumps(kwargs)], capture_output=True, text=True, timeout=600, env=env
+    )
     assert r.returncode == -9, r.stderr[-2000:]
     first = out / "a_colin.mset"
     assert MaskSet.open(first) and not (out / "b_mni.mset").exists()
@@ -130,13 +154,26 @@ def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
 
     mri = shared_data / "mri"
     datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps({"all": [
-        {"image": str(mri / "itk_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")},
-        {"image": str(mri / "missing_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")},
-    ]}))
+    datalist.write_text(
+        json.dumps(
+            {
+                "all": [
+                    {"image": str(mri / "itk_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")},
+                    {"image": str(mri / "missing_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")},
+                ]
+            }
+        )
+    )
     out = tmp_path / "out"
-    wf = ConfigWorkflow(config_file=str(CONFIG), workflow_type="infer", bundle_root=str(BUNDLE),
-                        dataset_dir=str(tmp_path), output_dir=str(out), source="labelmap", shard="1/2")
+    wf = ConfigWorkflow(
+        config_file=str(CONFIG),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path),
+        output_dir=str(out),
+        source="labelmap",
+        shard="1/2",
+    )
     wf.initialize()
     assert wf.check_properties() in ([], None)
     # shard 1/2 of the sorted list is the missing file only: it fails cleanly, nothing else is touched
@@ -144,9 +181,16 @@ def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
         wf.run()
     fails = json.loads((out / "failures_shard1of2.json").read_text())
     assert len(fails) == 1 and "missing_t1.nii.gz: file does not exist" in fails[0]["reason"]
-    wf0 = ConfigWorkflow(config_file=str(CONFIG), workflow_type="infer", bundle_root=str(BUNDLE),
-                         dataset_dir=str(tmp_path), output_dir=str(out), source="labelmap", shard="0/2",
-                         min_voxels=1)
+    wf0 = ConfigWorkflow(
+        config_file=str(CONFIG),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path),
+        output_dir=str(out),
+        source="labelmap",
+        shard="0/2",
+        min_voxels=1,
+    )
     wf0.initialize()
     wf0.run()
     res = json.loads((out / "summary_shard0of2.json").read_text())["volumes"]
@@ -173,15 +217,51 @@ def test_bundle_sam2_tiny_random_weights(shared_data, tmp_path):
     """The SAM2 source through the bundle config (tiny model, random weights, thresholds 0)."""
     ct = tmp_path / "ct"
     ct.mkdir()
-    _small_volume(shared_data / "ct" / "lung1_ct.nii.gz", ct / "lung.nii.gz", f=1,
-                  crop=(slice(128, 384, 2), slice(128, 384, 2), slice(20, 26)))
+    _small_volume(
+        shared_data / "ct" / "lung1_ct.nii.gz",
+        ct / "lung.nii.gz",
+        f=1,
+        crop=(slice(128, 384, 2), slice(128, 384, 2), slice(20, 26)),
+    )
     out = tmp_path / "out"
-    amg = {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-           "crop_n_layers": 0}
-    r = _cli(["run", "--config_file", str(CONFIG), "--bundle_root", str(BUNDLE), "--dataset_dir", str(ct),
-              "--output_dir", str(out), "--source", "sam2", "--sam2_config", "configs/sam2.1/sam2.1_hiera_t.yaml",
-              "--sam2_image_size", "128", "--amg_params", json.dumps(amg), "--ct_profile", "chest",
-              "--min_seed_slices", "1", "--min_voxels", "5", "--min_area_px", "10", "--overlay", "true"])
+    amg = {
+        "points_per_side": 4,
+        "points_per_batch": 16,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "crop_n_layers": 0,
+    }
+    r = _cli(
+        [
+            "run",
+            "--config_file",
+            str(CONFIG),
+            "--bundle_root",
+            str(BUNDLE),
+            "--dataset_dir",
+            str(ct),
+            "--output_dir",
+            str(out),
+            "--source",
+            "sam2",
+            "--sam2_config",
+            "configs/sam2.1/sam2.1_hiera_t.yaml",
+            "--sam2_image_size",
+            "128",
+            "--amg_params",
+            json.dumps(amg),
+            "--ct_profile",
+            "chest",
+            "--min_seed_slices",
+            "1",
+            "--min_voxels",
+            "5",
+            "--min_area_px",
+            "10",
+            "--overlay",
+            "true",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ms = MaskSet.open(out / "lung.mset")
     assert len(ms) >= 1 and all(p["source"] == "sam2" for p in ms.provenance)

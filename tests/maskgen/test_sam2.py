@@ -9,12 +9,18 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from components.data.loading import load_transforms
-from components.maskgen.postprocess import MaskPostprocessd
 from components.io.maskset import MaskSet, write_maskset
+from components.maskgen.postprocess import MaskPostprocessd
 from components.maskgen.sam2.intensity import SAM2Intensityd
 from components.maskgen.sam2.model import autocast_ctx, build_sam2_predictor
-from components.maskgen.sam2.propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,
-                                         propagate_per_object, volume_frames)
+from components.maskgen.sam2.propagation import (
+    FrameAccumulator,
+    cache_backbone,
+    make_state,
+    propagate_batched,
+    propagate_per_object,
+    volume_frames,
+)
 from components.maskgen.sam2.source import SAM2MaskSourced
 from components.maskgen.slices import SeedSlicesd
 
@@ -87,10 +93,21 @@ def test_sam2_source_end_to_end(ct_slab, predictor, tmp_path):
     d = SeedSlicesd("image", interval_mm=15.0, min_seeds=1)(d)
     plan = d["slice_plan"]
     assert plan[0]["axis"] == 2 and plan[0]["seeds"] == [1, 4]  # 15 mm / 5 mm = every 3rd slice, centred
-    src = SAM2MaskSourced(predictor=predictor, device="cpu", image_size=SIZE, min_area_px=10,
-                          amg_params={"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0,
-                                      "stability_score_thresh": 0.0, "crop_n_layers": 0},
-                          max_masks_per_slice=4, objects_per_batch=4)
+    src = SAM2MaskSourced(
+        predictor=predictor,
+        device="cpu",
+        image_size=SIZE,
+        min_area_px=10,
+        amg_params={
+            "points_per_side": 4,
+            "points_per_batch": 16,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "crop_n_layers": 0,
+        },
+        max_masks_per_slice=4,
+        objects_per_batch=4,
+    )
     d = src(d)
     assert d["n_masks_2d"] >= 1
     assert len(d["masks"]) >= 1 and len(d["masks"]) == len(d["mask_provenance"])
@@ -109,7 +126,7 @@ def test_sam2_source_end_to_end(ct_slab, predictor, tmp_path):
     assert len(ms) == len(d["masks"]) and ms.shape == (128, 128, 6)
     full = ms.get(0)
     bb = d["masks"][0].bbox
-    assert np.array_equal(full[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]], d["masks"][0].crop)
+    assert np.array_equal(full[bb[0] : bb[3], bb[1] : bb[4], bb[2] : bb[5]], d["masks"][0].crop)
 
 
 def test_frame_accumulator_places_masks_on_the_grid():

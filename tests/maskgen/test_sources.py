@@ -4,6 +4,7 @@ on the real volumes of the shared data pack."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +12,12 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from components.data.loading import load_transforms
+from components.io.maskset import MaskSet, SparseMask, write_maskset
 from components.maskgen.postprocess import MaskPostprocessd, largest_cc_touching, remove_redundant, scaled_min_size
 from components.maskgen.quality import dice_table, evaluate_maskset, main, quality_summary
-from components.maskgen.sources import LabelMapMasksd, SLICMasksd
-from components.io.maskset import MaskSet, SparseMask, write_maskset
 from components.maskgen.sam2.intensity import SAM2Intensity
 from components.maskgen.slices import SeedSlicesd, seed_slices, select_slice_axis
+from components.maskgen.sources import LabelMapMasksd, SLICMasksd
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def colin4mm(shared_data) -> dict:
 def itk(shared_data) -> dict:
     mri = shared_data / "mri"
     return Compose(load_transforms(("image", "label")))(
-        {"image": str(mri / "itk_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")})
+        {"image": str(mri / "itk_t1.nii.gz"), "label": str(mri / "itk_samseg.nii.gz")}
+    )
 
 
 def test_slic_multiscale_on_real_mri(colin4mm, tmp_path):
@@ -42,7 +44,7 @@ def test_slic_multiscale_on_real_mri(colin4mm, tmp_path):
     cover = np.zeros(shape, np.int32)
     for m, p in zip(d["masks"], d["mask_provenance"]):
         if p["n_segments"] == 80:
-            cover[m.bbox[0]:m.bbox[3], m.bbox[1]:m.bbox[4], m.bbox[2]:m.bbox[5]] += m.crop
+            cover[m.bbox[0] : m.bbox[3], m.bbox[1] : m.bbox[4], m.bbox[2] : m.bbox[5]] += m.crop
     assert cover.max() == 1  # supervoxels of one scale do not overlap
     head = np.asarray(colin4mm["image"])[0] > 0
     assert cover.sum() > 0.5 * head.sum() and (cover.astype(bool) & ~head).sum() < 0.05 * cover.sum()
@@ -74,12 +76,16 @@ def test_labelmap_source_is_exact_on_ras_grid(itk, tmp_path):
 def test_quality_cli(itk, tmp_path, capsys):
     d = LabelMapMasksd()(itk)
     out = tmp_path / "itk.mset"
-    write_maskset(out, d["masks"][:5], np.asarray(itk["image"].affine), d["mask_provenance"][:5],
-                  shape=tuple(itk["image"].shape[1:]))
+    write_maskset(
+        out,
+        d["masks"][:5],
+        np.asarray(itk["image"].affine),
+        d["mask_provenance"][:5],
+        shape=tuple(itk["image"].shape[1:]),
+    )
     res = tmp_path / "q.json"
     # the command-line entry point of `python -m components.maskgen.quality`, run in-process
-    rc = main(["--maskset", str(out), "--label", itk["label"].meta["filename_or_obj"], "--out", str(res),
-               "--top", "3"])
+    rc = main(["--maskset", str(out), "--label", itk["label"].meta["filename_or_obj"], "--out", str(res), "--top", "3"])
     assert rc == 0
     assert "best Dice" in capsys.readouterr().out
     q = json.loads(res.read_text())[0]
@@ -116,8 +122,10 @@ def test_axis_selection_and_seed_slices():
     assert select_slice_axis((1.0, 1.0, 1.2), default_axis=0) == 0
     s = seed_slices(100, 1.0, interval_mm=15.0, min_seeds=3)
     assert np.all(np.diff(s) == 15) and len(s) == 7
-    assert seed_slices(20, 5.0, interval_mm=30.0, min_seeds=10) == list(range(1, 19, 2))[:9] or len(
-        seed_slices(20, 5.0, interval_mm=30.0, min_seeds=10)) == 10
+    assert (
+        seed_slices(20, 5.0, interval_mm=30.0, min_seeds=10) == list(range(1, 19, 2))[:9]
+        or len(seed_slices(20, 5.0, interval_mm=30.0, min_seeds=10)) == 10
+    )
     assert len(seed_slices(20, 5.0, interval_mm=30.0, min_seeds=10)) == 10
     assert seed_slices(8, 1.0, interval_mm=30.0, min_seeds=10) == list(range(8))
     assert all(30 <= x < 60 for x in seed_slices(100, 1.0, 10.0, 1, extent=(30, 60)))
@@ -127,7 +135,8 @@ def test_axis_selection_and_seed_slices():
     body = torch.zeros(1, 20, 20, 40)
     body[:, 5:15, 5:15, 10:30] = 100  # seeds stay inside the foreground extent (z 10..29)
     fgp = SeedSlicesd("image", interval_mm=5.0, min_seeds=2, foreground="otsu")(
-        {"image": MetaTensor(body, affine=torch.eye(4))})["slice_plan"]
+        {"image": MetaTensor(body, affine=torch.eye(4))}
+    )["slice_plan"]
     assert fgp[0]["seeds"] == [12, 17, 22, 27]
     plan3 = SeedSlicesd("image", multi_axis=True)({"image": img})["slice_plan"]
     assert [p["axis"] for p in plan3] == [0, 1, 2]
@@ -151,8 +160,12 @@ def test_postprocessing_components_and_dedup():
     img = MetaTensor(torch.zeros(1, 30, 30, 30), affine=torch.eye(4))
     d = {"image": img, "masks": [b, a, c], "mask_provenance": [{"source": "x"}] * 3}
     out = MaskPostprocessd(min_voxels=10, reference_spacing=(1, 1, 1), iou_thresh=0.9)(d)
-    assert len(out["masks"]) == 1 and out["postprocess_stats"] == {"n_in": 3, "n_after_size": 2, "n_out": 1,
-                                                                   "min_voxels": 10}
+    assert len(out["masks"]) == 1 and out["postprocess_stats"] == {
+        "n_in": 3,
+        "n_after_size": 2,
+        "n_out": 1,
+        "min_voxels": 10,
+    }
 
 
 def test_dice_table_matches_direct_computation():

@@ -10,19 +10,24 @@ import sys
 import jsonschema
 import pytest
 import torch
-from tests.pretrain._util import BUNDLE, REPO, masksets_from_labels, tiny_overrides
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from components.pretrain.engine import NonFiniteLossError, latest_checkpoint
+from tests.pretrain._util import BUNDLE, REPO, masksets_from_labels, tiny_overrides
 
 torch.set_num_threads(1)
 TRAIN = str(BUNDLE / "configs" / "train.json")
 
 
 def _workflow(overrides: dict, config_file=TRAIN) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config_file, meta_file=str(BUNDLE / "configs" / "metadata.json"),
-                        logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type="train", **overrides)
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        workflow_type="train",
+        **overrides,
+    )
     wf.initialize()
     return wf
 
@@ -53,7 +58,13 @@ def test_check_properties_clean_and_metadata_valid(shared_dir, tmp_path, mask_di
     assert not errors
     assert meta["version"] in meta["changelog"]
     assert set(meta["network_data_format"]["inputs"]) == {"image", "ref_image", "ref_masks"}
-    for f in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/inference.json", "configs/multi_gpu_train.json"):
+    for f in (
+        "LICENSE",
+        "docs/README.md",
+        "configs/logging.conf",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+    ):
         assert (BUNDLE / f).is_file(), f
 
 
@@ -111,18 +122,35 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path, 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_trains_ranks_on_different_data(tmp_path, mask_dir):
-    ov = tiny_overrides(tmp_path, mask_dir, iters_per_epoch=2, max_epochs=1, sample_log=str(tmp_path / "ids_{rank}.txt"))
+    ov = tiny_overrides(
+        tmp_path, mask_dir, iters_per_epoch=2, max_epochs=1, sample_log=str(tmp_path / "ids_{rank}.txt")
+    )
     args = []
     for k, v in ov.items():
         args += [f"--{k}", repr(v) if not isinstance(v, str) else v]
     cfg = json.dumps([TRAIN, str(BUNDLE / "configs" / "multi_gpu_train.json")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631", "-m",
-           "monai.bundle", "run", "--config_file", cfg, "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29631",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        cfg,
+        "--logging_file",
+        str(BUNDLE / "configs" / "logging.conf"),
+        *args,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     res = subprocess.run(cmd, cwd=str(BUNDLE), env=env, capture_output=True, text=True, timeout=600)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
-    ids = [{int(i) for line in (tmp_path / f"ids_{r}.txt").read_text().split("\n") for i in line.split()} for r in (0, 1)]
+    ids = [
+        {int(i) for line in (tmp_path / f"ids_{r}.txt").read_text().split("\n") for i in line.split()} for r in (0, 1)
+    ]
     assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]  # 2 iterations of batch 1 on each rank
     assert log.count("Saved checkpoint at epoch: 1") == 1  # rank 0 only
     assert log.count("Epoch[1] Metrics -- val_mean_dice") == 1
@@ -140,9 +168,18 @@ def test_inference_writes_label_map_on_the_query_grid(tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict(), "ema_model": net.state_dict()}, ckpt)
     infer = str(BUNDLE / "configs" / "inference.json")
-    wf = ConfigWorkflow(config_file=infer, meta_file=str(BUNDLE / "configs" / "metadata.json"), workflow_type="infer",
-                        bundle_root=str(BUNDLE), checkpoint=str(ckpt), preset="tiny", spacing=[4.0, 4.0, 4.0],
-                        roi_size=[32, 32, 32], labels=[4, 17], output_dir=str(tmp_path / "out"))
+    wf = ConfigWorkflow(
+        config_file=infer,
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        checkpoint=str(ckpt),
+        preset="tiny",
+        spacing=[4.0, 4.0, 4.0],
+        roi_size=[32, 32, 32],
+        labels=[4, 17],
+        output_dir=str(tmp_path / "out"),
+    )
     wf.initialize()
     assert not wf.check_properties()
     wf.run()

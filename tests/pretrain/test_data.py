@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tests.pretrain._util import DEMO, masksets_from_labels
 
 import components.pretrain.data as pdata
 from components.io.maskset import MaskSet, write_maskset
 from components.pretrain.data import MaskPretrainDataset, TwoViewSampler, pair_masksets
 from components.pretrain.views import TwoViewAugment, pack_masks, unpack_masks, view_params
+from tests.pretrain._util import DEMO, masksets_from_labels
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,9 @@ def test_joint_spatial_transform_moves_masks_with_the_image():
     c, crop = 40, 24
     img = torch.randn(1, c, c, c)
     masks = _blob_masks(c, 5)
-    aug = TwoViewAugment(crop_size=(crop,) * 3, appearance=False, weak={"affine_prob": 1.0}, strong={"affine_prob": 1.0})
+    aug = TwoViewAugment(
+        crop_size=(crop,) * 3, appearance=False, weak={"affine_prob": 1.0}, strong={"affine_prob": 1.0}
+    )
     for seed in range(3):
         out = aug.set_random_state(seed)(img, masks, img, masks)
         for view in ("ref", "query"):
@@ -101,8 +103,15 @@ def demo_masks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(demo_masks, tmp_path_factory):
     data = pair_masksets([{"image": str(DEMO / "colin27_t1.nii.gz"), "modality": "MR"}], demo_masks)
-    return MaskPretrainDataset(data, tmp_path_factory.mktemp("cache"), spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32),
-                               context_margin=8, max_masks=6, augment={"weak": {"affine_prob": 1.0}})
+    return MaskPretrainDataset(
+        data,
+        tmp_path_factory.mktemp("cache"),
+        spacing=(3.0, 3.0, 3.0),
+        crop_size=(32, 32, 32),
+        context_margin=8,
+        max_masks=6,
+        augment={"weak": {"affine_prob": 1.0}},
+    )
 
 
 def test_sample_views_share_mask_geometry_on_real_volume(dataset):
@@ -120,8 +129,12 @@ def test_sample_views_share_mask_geometry_on_real_volume(dataset):
             start = s[f"{view}_box"].numpy()
             box = np.zeros((len(full), ctx, ctx, ctx), bool)
             lo, hi = np.maximum(start, 0), np.minimum(start + ctx, full.shape[1:])
-            box[:, lo[0] - start[0]:hi[0] - start[0], lo[1] - start[1]:hi[1] - start[1], lo[2] - start[2]:hi[2] - start[2]] = \
-                full[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            box[
+                :,
+                lo[0] - start[0] : hi[0] - start[0],
+                lo[1] - start[1] : hi[1] - start[1],
+                lo[2] - start[2] : hi[2] - start[2],
+            ] = full[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
             warped_views[view] = warped, clear = _warp_nearest(box, s[f"{view}_affine"].numpy(), 32)
             got = s[f"{view}_masks"].numpy()
             for k in np.flatnonzero(got.reshape(6, -1).any(1)):
@@ -134,7 +147,9 @@ def test_sample_views_share_mask_geometry_on_real_volume(dataset):
             ids = []
             for view in ("ref", "query"):
                 warped, clear = warped_views[view]
-                ids.append({i for i, w in enumerate(warped) if np.array_equal(s[f"{view}_masks"][k].numpy()[clear], w[clear])})
+                ids.append(
+                    {i for i, w in enumerate(warped) if np.array_equal(s[f"{view}_masks"][k].numpy()[clear], w[clear])}
+                )
             assert ids[0] & ids[1], f"slot {k} holds different masks in the two views"
 
 
@@ -155,7 +170,9 @@ def test_cache_is_reused_without_resampling(dataset, demo_masks, monkeypatch):
     monkeypatch.setattr(pdata, "load_volume", boom)
     data = pair_masksets([{"image": str(DEMO / "colin27_t1.nii.gz"), "modality": "MR"}], demo_masks)
     cache = dataset.volumes[0]["image_npy"].rsplit("/", 2)[0]
-    again = MaskPretrainDataset(data, cache, spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32), context_margin=8, max_masks=6)
+    again = MaskPretrainDataset(
+        data, cache, spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32), context_margin=8, max_masks=6
+    )
     assert again.volumes[0]["image_npy"] == dataset.volumes[0]["image_npy"]
     assert isinstance(np.load(again.volumes[0]["image_npy"], mmap_mode="r"), np.memmap)
 
@@ -173,12 +190,16 @@ def test_small_volume_is_padded_and_bad_entries_are_skipped(tmp_path):
     nib.save(nib.Nifti1Image(img, aff), tmp_path / "wrong.nii.gz")
     write_maskset(tmp_path / "tiny.mset", [np.pad(np.ones((1, 1, 1), bool), ((3, 16), (3, 14), (3, 12)))], aff)
     nib.save(nib.Nifti1Image(img, aff), tmp_path / "tiny.nii.gz")
-    data = [{"image": str(tmp_path / f"{n}.nii.gz"), "masks": str(tmp_path / f"{n}.mset")} for n in ("small", "wrong", "tiny")]
+    data = [
+        {"image": str(tmp_path / f"{n}.nii.gz"), "masks": str(tmp_path / f"{n}.mset")}
+        for n in ("small", "wrong", "tiny")
+    ]
     data.append({"image": str(tmp_path / "missing.nii.gz"), "masks": None})
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        ds = MaskPretrainDataset(data, tmp_path / "cache", spacing=(2.0, 2.0, 2.0), crop_size=(32, 32, 32),
-                                 context_margin=8, max_masks=3)
+        ds = MaskPretrainDataset(
+            data, tmp_path / "cache", spacing=(2.0, 2.0, 2.0), crop_size=(32, 32, 32), context_margin=8, max_masks=3
+        )
     text = " ".join(str(x.message) for x in w)
     assert "wrong.mset" in text and "does not match" in text
     assert "tiny.nii.gz: no usable masks" in text and "missing.nii.gz" in text

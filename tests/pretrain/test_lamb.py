@@ -66,8 +66,14 @@ def test_matches_reference_on_several_steps(bias_correction, wd):
     ref_lin = reference_lamb(x_lin, grad_quadratic, 10, bias_correction=bias_correction, **hp)
     ref_mat = reference_lamb(x_mat, grad_noise, 10, bias_correction=bias_correction, **hp)
     ours_lin, ours_mat = run_ours(
-        [x_lin, x_mat], [grad_quadratic, grad_noise], 10,
-        lr=0.02, betas=(0.9, 0.99), eps=1e-6, weight_decay=wd, bias_correction=bias_correction,
+        [x_lin, x_mat],
+        [grad_quadratic, grad_noise],
+        10,
+        lr=0.02,
+        betas=(0.9, 0.99),
+        eps=1e-6,
+        weight_decay=wd,
+        bias_correction=bias_correction,
     )
     for ref, ours in ((ref_lin, ours_lin), (ref_mat, ours_mat)):
         for step, (r, o) in enumerate(zip(ref, ours)):

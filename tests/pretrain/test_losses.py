@@ -19,7 +19,7 @@ def _blobs(b: int = 2, m: int = 3, size: int = 12, seed: int = 0) -> torch.Tenso
         for j in range(m):
             lo = torch.randint(0, size // 2, (3,), generator=g)
             hi = lo + torch.randint(2, size // 2, (3,), generator=g)
-            target[i, j, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1.0
+            target[i, j, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1.0
     return target
 
 
@@ -84,13 +84,19 @@ def test_padded_channels_do_not_count(batch):
     else:
         # channel 0 pooled over both samples, channels 1-2 from sample 0 only
         dice = DiceLoss(sigmoid=True, batch=True, reduction="none")
-        d = torch.stack([
-            dice(logits[:, :1], target[:, :1]).mean(),
-            dice(logits[:1, 1:2], target[:1, 1:2]).mean(),
-            dice(logits[:1, 2:3], target[:1, 2:3]).mean(),
-        ]).mean()
-        bce = torch.stack([F.binary_cross_entropy_with_logits(logits[i, j], target[i, j])
-                           for i, j in [(0, 0), (0, 1), (0, 2), (1, 0)]]).mean()
+        d = torch.stack(
+            [
+                dice(logits[:, :1], target[:, :1]).mean(),
+                dice(logits[:1, 1:2], target[:1, 1:2]).mean(),
+                dice(logits[:1, 2:3], target[:1, 2:3]).mean(),
+            ]
+        ).mean()
+        bce = torch.stack(
+            [
+                F.binary_cross_entropy_with_logits(logits[i, j], target[i, j])
+                for i, j in [(0, 0), (0, 1), (0, 2), (1, 0)]
+            ]
+        ).mean()
         expected = d + bce
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # the same result when the padding is signalled inside the target only

@@ -22,25 +22,45 @@ CLASSES = ["ventricles", "thalamus", "cerebellum", "brain_stem"]
 def task(tmp_path_factory, demo_data) -> Path:
     """Proxy task: 8 crops/structure from Colin27 (train), 6 from the ITK T1 (val), 3 from MNI152 (test)."""
     out = tmp_path_factory.mktemp("probe_task")
-    return build_proxy_task(out, volumes=demo_volumes(demo_data), per_class={"train": 8, "val": 6, "test": 3},
-                            crop_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), seed=0)
+    return build_proxy_task(
+        out,
+        volumes=demo_volumes(demo_data),
+        per_class={"train": 8, "val": 6, "test": 3},
+        crop_size=(32, 32, 32),
+        spacing=(2.0, 2.0, 2.0),
+        seed=0,
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overrides(datalist: Path, out: Path, **extra) -> dict:
-    return {"datalist": str(datalist), "preset": "tiny", "spacing": [2.0, 2.0, 2.0], "spatial_size": [32, 32, 32],
-            "output_dir": str(out), "ckpt_dir": str(out / "models"), "cache_dir": str(out.parent / "cache"),
-            "learning_rate": 0.01, "train#trainer#max_epochs": 12, **extra}
+    return {
+        "datalist": str(datalist),
+        "preset": "tiny",
+        "spacing": [2.0, 2.0, 2.0],
+        "spatial_size": [32, 32, 32],
+        "output_dir": str(out),
+        "ckpt_dir": str(out / "models"),
+        "cache_dir": str(out.parent / "cache"),
+        "learning_rate": 0.01,
+        "train#trainer#max_epochs": 12,
+        **extra,
+    }
 
 
 def _workflow(config, workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    return ConfigWorkflow(config_file=config, meta_file=str(CONFIGS / "metadata.json"),
-                          logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
-                          bundle_root=str(BUNDLE), **overrides)
+    return ConfigWorkflow(
+        config_file=config,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(BUNDLE),
+        **overrides,
+    )
 
 
 def test_proxy_task_files(task):
@@ -78,8 +98,11 @@ def test_frozen_probe_learns_and_keeps_the_encoder_bitwise(task, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4 * (8 + 6)  # features computed once, on disk
 
     # evaluate.json (test split, images through the full network) and inference.json (image -> probabilities)
-    ev = _workflow([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], "infer",
-                   **_overrides(task, out, output_dir=str(out / "eval")))
+    ev = _workflow(
+        [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+        "infer",
+        **_overrides(task, out, output_dir=str(out / "eval")),
+    )
     ev.initialize()
     assert ev.check_properties() == []
     ev.run()
@@ -87,9 +110,16 @@ def test_frozen_probe_learns_and_keeps_the_encoder_bitwise(task, tmp_path):
     metrics = dict(csv.reader((out / "eval" / "metrics.csv").open()))
     assert 0.0 <= float(metrics["val_mean_auc"]) <= 1.0 and "val_auc_thalamus" in metrics
     crops = sorted((task.parent / "crops").glob("mni152*"))[:3]
-    inf = _workflow(str(CONFIGS / "inference.json"), "infer", preset="tiny", spacing=[2.0, 2.0, 2.0],
-                    spatial_size=[32, 32, 32], datalist=[str(c) for c in crops], output_dir=str(out / "infer"),
-                    ckpt_path=str(out / "models" / "model.pt"))
+    inf = _workflow(
+        str(CONFIGS / "inference.json"),
+        "infer",
+        preset="tiny",
+        spacing=[2.0, 2.0, 2.0],
+        spatial_size=[32, 32, 32],
+        datalist=[str(c) for c in crops],
+        output_dir=str(out / "infer"),
+        ckpt_path=str(out / "models" / "model.pt"),
+    )
     inf.initialize()
     assert inf.check_properties() == []
     inf.run()
@@ -106,8 +136,12 @@ def test_on_the_fly_frozen_training_leaves_the_encoder_unchanged(task, tmp_path)
     torch.manual_seed(1)
     torch.save({"model": {f"encoder.{k}": v for k, v in build_encoder("tiny").state_dict().items()}}, pretrained)
     out = tmp_path / "otf"
-    s = run_bundle(_overrides(task, out, pretrained=str(pretrained), cache_features=False, fraction=0.3,
-                              **{"train#trainer#max_epochs": 2}), quiet=True)
+    s = run_bundle(
+        _overrides(
+            task, out, pretrained=str(pretrained), cache_features=False, fraction=0.3, **{"train#trainer#max_epochs": 2}
+        ),
+        quiet=True,
+    )
     assert s["params"]["train_rows"] == 4 * round(8 * 0.3)
     saved = torch.load(out / "models" / "model.pt", weights_only=True)
     ref = build_encoder("tiny", pretrained).state_dict()
@@ -119,9 +153,19 @@ def test_scratch_baseline_trains_the_encoder_from_random_init(task, tmp_path):
     pretrained = tmp_path / "pre.pt"
     torch.save({"model": {f"encoder.{k}": v for k, v in build_encoder("tiny").state_dict().items()}}, pretrained)
     out = tmp_path / "scratch"
-    wf = _workflow(str(CONFIGS / "train.json"), "train",
-                   **_overrides(task, out, mode="scratch", pretrained=str(pretrained), learning_rate=1e-3,
-                                fraction=0.3, **{"train#trainer#max_epochs": 1}))
+    wf = _workflow(
+        str(CONFIGS / "train.json"),
+        "train",
+        **_overrides(
+            task,
+            out,
+            mode="scratch",
+            pretrained=str(pretrained),
+            learning_rate=1e-3,
+            fraction=0.3,
+            **{"train#trainer#max_epochs": 1},
+        ),
+    )
     wf.initialize()
     encoder = wf.parser.get_parsed_content("network").encoder
     assert all(p.requires_grad for p in encoder.parameters())
@@ -139,9 +183,17 @@ def test_scratch_baseline_trains_the_encoder_from_random_init(task, tmp_path):
 
 def test_multilabel_task_and_mlflow_tracking(task, tmp_path):
     out = tmp_path / "ml"
-    s = run_bundle(_overrides(task.parent / "datalist_multilabel.csv", out, task="multilabel",
-                              run_name="probe_test", **{"train#trainer#max_epochs": 2}),
-                   quiet=True, tracking="mlflow")
+    s = run_bundle(
+        _overrides(
+            task.parent / "datalist_multilabel.csv",
+            out,
+            task="multilabel",
+            run_name="probe_test",
+            **{"train#trainer#max_epochs": 2},
+        ),
+        quiet=True,
+        tracking="mlflow",
+    )
     assert set(s["best_auc_per_class"]) == set(CLASSES) and s["params"]["task"] == "multilabel"
     db = out / "mlruns.db"
     assert db.exists()
@@ -158,8 +210,16 @@ def test_multilabel_task_and_mlflow_tracking(task, tmp_path):
 def test_datalist_faults_stop_the_bundle_with_the_row_named(task, tmp_path):
     bad = tmp_path / "bad.csv"
     lines = task.read_text().splitlines()
-    bad.write_text("\n".join([lines[0], lines[1].replace("crops/", f"{task.parent}/crops/"),
-                              f"{task.parent}/crops/missing.nii.gz,thalamus,MR,train,x"]) + "\n")
+    bad.write_text(
+        "\n".join(
+            [
+                lines[0],
+                lines[1].replace("crops/", f"{task.parent}/crops/"),
+                f"{task.parent}/crops/missing.nii.gz,thalamus,MR,train,x",
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(Exception) as err:
         run_bundle(_overrides(bad, tmp_path / "o"), quiet=True)
     text = "".join(str(e) for e in _chain(err.value))

@@ -40,8 +40,11 @@ def _write_csv(path: Path, header: str, rows: list[str]) -> Path:
 
 
 def test_csv_multiclass_names_and_indices(tmp_path, images):
-    p = _write_csv(tmp_path / "d.csv", "image,label,modality,split",
-                   [f"{images[0]},thalamus,MR,train", f"{images[1]},2,CT,val", f"{images[2]},ventricles,,test"])
+    p = _write_csv(
+        tmp_path / "d.csv",
+        "image,label,modality,split",
+        [f"{images[0]},thalamus,MR,train", f"{images[1]},2,CT,val", f"{images[2]},ventricles,,test"],
+    )
     items = read_datalist(p, CLASSES, "multiclass")
     assert [it["label"] for it in items] == [1, 2, 0]
     assert [it["modality"] for it in items] == ["MR", "CT", "MR"]
@@ -52,8 +55,9 @@ def test_csv_multiclass_names_and_indices(tmp_path, images):
 def test_csv_binary_and_multilabel(tmp_path, images):
     p = _write_csv(tmp_path / "b.csv", "image,label", [f"{images[0]},healthy", f"{images[1]},1"])
     assert [it["label"] for it in read_datalist(p, ["healthy", "lesion"], "binary")] == [[0.0], [1.0]]
-    p = _write_csv(tmp_path / "m.csv", "image,ventricles,thalamus,cerebellum",
-                   [f"{images[0]},1,0,1", f"{images[1]},0,0,0"])
+    p = _write_csv(
+        tmp_path / "m.csv", "image,ventricles,thalamus,cerebellum", [f"{images[0]},1,0,1", f"{images[1]},0,0,0"]
+    )
     assert [it["label"] for it in read_datalist(p, CLASSES, "multilabel")] == [[1, 0, 1], [0, 0, 0]]
     p = _write_csv(tmp_path / "m2.csv", "image,label", [f"{images[0]},thalamus;cerebellum", f"{images[1]},"])
     assert [it["label"] for it in read_datalist(p, CLASSES, "multilabel")] == [[0, 1, 1], [0, 0, 0]]
@@ -61,8 +65,14 @@ def test_csv_binary_and_multilabel(tmp_path, images):
 
 def test_json_sections_and_lists(tmp_path, images):
     p = tmp_path / "d.json"
-    p.write_text(json.dumps({"training": [{"image": images[0], "label": "cerebellum"}],
-                             "validation": [{"image": images[1], "label": ["thalamus"]}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "training": [{"image": images[0], "label": "cerebellum"}],
+                "validation": [{"image": images[1], "label": ["thalamus"]}],
+            }
+        )
+    )
     items = read_datalist(p, CLASSES, "multilabel")
     assert [(it["split"], it["label"]) for it in items] == [("train", [0, 0, 1]), ("val", [0, 1, 0])]
 
@@ -108,8 +118,9 @@ def test_fractions_are_stratified_reproducible_and_nested():
 
 
 def test_multilabel_fraction_keeps_every_label_combination():
-    items = [{"label": [1.0, 0.0], "row": f"a{i}"} for i in range(30)] + \
-            [{"label": [0.0, 1.0], "row": f"b{i}"} for i in range(3)]
+    items = [{"label": [1.0, 0.0], "row": f"a{i}"} for i in range(30)] + [
+        {"label": [0.0, 1.0], "row": f"b{i}"} for i in range(3)
+    ]
     sub = stratified_fraction(items, 0.05, seed=0)
     assert Counter(tuple(it["label"]) for it in sub) == {(1.0, 0.0): 2, (0.0, 1.0): 1}
 
@@ -138,8 +149,9 @@ def test_single_class_in_training_fraction_warns_and_val_auc_stays_defined():
 
 def test_validation_without_both_classes_is_refused_clearly():
     with pytest.raises(ValueError, match="validation AUC undefined for every label"):
-        check_label_coverage([{"label": [0.0]}, {"label": [1.0]}], [{"label": [1.0]}, {"label": [1.0]}],
-                             ["neg", "pos"], "binary")
+        check_label_coverage(
+            [{"label": [0.0]}, {"label": [1.0]}], [{"label": [1.0]}, {"label": [1.0]}], ["neg", "pos"], "binary"
+        )
     train = [{"label": 0}, {"label": 1}]
     with pytest.raises(ValueError, match="no validation rows"):
         check_label_coverage(train, [], ["a", "b"], "multiclass")

@@ -10,24 +10,42 @@ import torch
 from monai.transforms import Compose, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 
 from components.data.loading import CheckVolumed, LoadVolumed
-from components.probe.features import FeatureCache, preset_of_checkpoint, root_cause, LoadFeatured, ModalityNormalized, build_encoder, encoder_fingerprint
 from components.network.release_checkpoint import ReleaseCheckpointError
+from components.probe.features import (
+    FeatureCache,
+    LoadFeatured,
+    ModalityNormalized,
+    build_encoder,
+    encoder_fingerprint,
+    preset_of_checkpoint,
+    root_cause,
+)
 
 
 def _preprocessing(size: int = 32) -> Compose:
-    return Compose([LoadVolumed("image"), CheckVolumed("image"), EnsureTyped("image", dtype=torch.float32),
-                    Orientationd("image", axcodes="RAS", labels=None), Spacingd("image", pixdim=(4.0, 4.0, 4.0)),
-                    ModalityNormalized("image"), ResizeWithPadOrCropd("image", (size, size, size))])
-
+    return Compose(
+        [
+            LoadVolumed("image"),
+            CheckVolumed("image"),
+            EnsureTyped("image", dtype=torch.float32),
+            Orientationd("image", axcodes="RAS", labels=None),
+            Spacingd("image", pixdim=(4.0, 4.0, 4.0)),
+            ModalityNormalized("image"),
+            ResizeWithPadOrCropd("image", (size, size, size)),
+        ]
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.fixture(scope="module")
 def items(demo_data: Path) -> list[dict]:
-    return [{"image": str(demo_data / "colin27_t1.nii.gz"), "label": 0, "modality": "MR"},
-            {"image": str(demo_data / "itk_t1.nii.gz"), "label": 1, "modality": "MR"},
-            {"image": str(demo_data / "head_ct.nii.gz"), "label": 1, "modality": "CT"}]
+    return [
+        {"image": str(demo_data / "colin27_t1.nii.gz"), "label": 0, "modality": "MR"},
+        {"image": str(demo_data / "itk_t1.nii.gz"), "label": 1, "modality": "MR"},
+        {"image": str(demo_data / "head_ct.nii.gz"), "label": 1, "modality": "CT"},
+    ]
 
 
 def test_cached_features_equal_on_the_fly_features(tmp_path, items):
@@ -96,8 +114,9 @@ def test_encoder_loads_from_release_checkpoint_and_pretrain_container(tmp_path, 
     loaded = build_encoder("small", tmp_path / "pretrain.pt")
     k0 = next(iter(loaded.state_dict()))
     assert torch.equal(loaded.state_dict()[k0], ema[f"encoder.{k0}"])
-    assert torch.equal(build_encoder("small", tmp_path / "pretrain.pt", prefer_ema=False).state_dict()[k0],
-                       model[f"encoder.{k0}"])
+    assert torch.equal(
+        build_encoder("small", tmp_path / "pretrain.pt", prefer_ema=False).state_dict()[k0], model[f"encoder.{k0}"]
+    )
     with pytest.raises(ReleaseCheckpointError, match="does not fit Encoder"):
         build_encoder("tiny", ckpt)
     with pytest.raises(ReleaseCheckpointError, match="no such checkpoint file"):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.probe.head import AttentionPoolHead, ProbeClassifier, loss_for_task, probabilities
 from components.probe.features import build_encoder
-
-
+from components.probe.head import AttentionPoolHead, ProbeClassifier, loss_for_task, probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("shape", [(2, 16, 3, 4, 5), (1, 16, 1, 1, 1), (3, 16, 6, 6, 6)])
 def test_attention_weights_sum_to_one_over_space(shape):
@@ -84,8 +83,9 @@ def test_trainable_probe_updates_the_encoder():
     net = ProbeClassifier(build_encoder("tiny"), num_classes=2, task="binary", freeze_encoder=False)
     before = [p.clone() for p in net.encoder.parameters()]
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(torch.randn(2, 1, 32, 32, 32)),
-                                                                torch.tensor([[0.0], [1.0]]))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        net(torch.randn(2, 1, 32, 32, 32)), torch.tensor([[0.0], [1.0]])
+    )
     loss.backward()
     opt.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, net.encoder.parameters()))

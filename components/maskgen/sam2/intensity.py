@@ -12,7 +12,7 @@ Each channel is a ``monai.transforms.ScaleIntensityRange(lo, hi, 0, 255, clip=Tr
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,8 +140,14 @@ class SAM2Intensityd(MapTransform):
     has ``modality_key`` (e.g. a datalist entry ``"modality": "MR"``), that modality overrides the default.
     """
 
-    def __init__(self, keys: KeysCollection, output_key: str = "rgb", modality_key: str | None = "modality",
-                 allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_key: str = "rgb",
+        modality_key: str | None = "modality",
+        allow_missing_keys: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_key, self.modality_key, self.kwargs = output_key, modality_key, kwargs
         self.t = SAM2Intensity(**kwargs)

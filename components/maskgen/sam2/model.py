@@ -8,7 +8,8 @@ hydra overrides below set the model size and the matching RoPE feature sizes of 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -62,8 +63,10 @@ def build_sam2_predictor(
         return build_sam2_video_predictor(config, checkpoint, device=str(device), hydra_overrides_extra=overrides)
     except Exception as e:
         if "MissingConfigException" in type(e).__name__ or "Cannot find primary config" in str(e):
-            raise ValueError(f"{config}: unknown SAM2 config (use a sam2 package config name such as "
-                             "'configs/sam2.1/sam2.1_hiera_l.yaml')") from e
+            raise ValueError(
+                f"{config}: unknown SAM2 config (use a sam2 package config name such as "
+                "'configs/sam2.1/sam2.1_hiera_l.yaml')"
+            ) from e
         raise
 
 

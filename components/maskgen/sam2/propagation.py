@@ -16,7 +16,8 @@ axis, slices are resized to the model size and normalised like sam2's frame load
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,15 +25,22 @@ import torch.nn.functional as F
 
 from components.io.maskset import SparseMask
 
-__all__ = ["volume_frames", "make_state", "cache_backbone", "propagate_batched", "propagate_per_object",
-           "FrameAccumulator"]
+__all__ = [
+    "volume_frames",
+    "make_state",
+    "cache_backbone",
+    "propagate_batched",
+    "propagate_per_object",
+    "FrameAccumulator",
+]
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def volume_frames(rgb: torch.Tensor, axis: int, image_size: int, device: torch.device | str = "cpu",
-                  chunk: int = 32) -> tuple[torch.Tensor, int, int]:
+def volume_frames(
+    rgb: torch.Tensor, axis: int, image_size: int, device: torch.device | str = "cpu", chunk: int = 32
+) -> tuple[torch.Tensor, int, int]:
     """Slices of a ``(3, X, Y, Z)`` volume (values 0..255) along ``axis`` as model frames.
 
     Returns:
@@ -44,23 +52,36 @@ def volume_frames(rgb: torch.Tensor, axis: int, image_size: int, device: torch.d
     T, H, W = vol.shape[1:]
     out = torch.empty((T, 3, image_size, image_size), dtype=torch.float32, device=device)
     for s in range(0, T, chunk):
-        x = vol[:, s:s + chunk].permute(1, 0, 2, 3).to(device) / 255.0
+        x = vol[:, s : s + chunk].permute(1, 0, 2, 3).to(device) / 255.0
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        out[s:s + chunk] = (x - _MEAN.to(device)) / _STD.to(device)
+        out[s : s + chunk] = (x - _MEAN.to(device)) / _STD.to(device)
     return out, int(H), int(W)
 
 
-def make_state(predictor: Any, frames: torch.Tensor, height: int, width: int,
-               offload_state_to_cpu: bool = False) -> dict:
+def make_state(
+    predictor: Any, frames: torch.Tensor, height: int, width: int, offload_state_to_cpu: bool = False
+) -> dict:
     """An inference state of the stock predictor built from in-memory ``frames`` (no JPEG folder)."""
     dev = predictor.device
     st: dict[str, Any] = {
-        "images": frames, "num_frames": len(frames), "offload_video_to_cpu": frames.device.type == "cpu",
-        "offload_state_to_cpu": offload_state_to_cpu, "video_height": height, "video_width": width,
-        "device": dev, "storage_device": torch.device("cpu") if offload_state_to_cpu else dev,
-        "point_inputs_per_obj": {}, "mask_inputs_per_obj": {}, "cached_features": {}, "constants": {},
-        "obj_id_to_idx": OrderedDict(), "obj_idx_to_id": OrderedDict(), "obj_ids": [],
-        "output_dict_per_obj": {}, "temp_output_dict_per_obj": {}, "frames_tracked_per_obj": {},
+        "images": frames,
+        "num_frames": len(frames),
+        "offload_video_to_cpu": frames.device.type == "cpu",
+        "offload_state_to_cpu": offload_state_to_cpu,
+        "video_height": height,
+        "video_width": width,
+        "device": dev,
+        "storage_device": torch.device("cpu") if offload_state_to_cpu else dev,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": OrderedDict(),
+        "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
     }
     return st
 
@@ -104,8 +125,9 @@ def _to_video_res(predictor: Any, state: dict, pred: torch.Tensor) -> torch.Tens
 
 
 @torch.inference_mode()
-def propagate_batched(predictor: Any, state: dict, seed: int, masks: torch.Tensor,
-                      prune: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+def propagate_batched(
+    predictor: Any, state: dict, seed: int, masks: torch.Tensor, prune: bool = True
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Track ``N`` masks from frame ``seed`` forward to the end, then in reverse to frame 0, as one batch.
 
     Args:
@@ -122,22 +144,44 @@ def propagate_batched(predictor: Any, state: dict, seed: int, masks: torch.Tenso
     T = state["num_frames"]
     out_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     cur, _ = predictor._run_single_frame_inference(
-        inference_state=state, output_dict=out_dict, frame_idx=seed, batch_size=n, is_init_cond_frame=True,
-        point_inputs=None, mask_inputs=_mask_inputs(predictor, masks), reverse=False, run_mem_encoder=False)
+        inference_state=state,
+        output_dict=out_dict,
+        frame_idx=seed,
+        batch_size=n,
+        is_init_cond_frame=True,
+        point_inputs=None,
+        mask_inputs=_mask_inputs(predictor, masks),
+        reverse=False,
+        run_mem_encoder=False,
+    )
     S = predictor.image_size
     high = F.interpolate(cur["pred_masks"].to(state["device"]), size=(S, S), mode="bilinear", align_corners=False)
     cur["maskmem_features"], cur["maskmem_pos_enc"] = predictor._run_memory_encoder(
-        inference_state=state, frame_idx=seed, batch_size=n, high_res_masks=high,
-        object_score_logits=cur["object_score_logits"], is_mask_from_pts=True)
+        inference_state=state,
+        frame_idx=seed,
+        batch_size=n,
+        high_res_masks=high,
+        object_score_logits=cur["object_score_logits"],
+        is_mask_from_pts=True,
+    )
     out_dict["cond_frame_outputs"][seed] = cur
     yield seed, _to_video_res(predictor, state, cur["pred_masks"])
-    window = max(predictor.num_maskmem * predictor.memory_temporal_stride_for_eval,
-                 predictor.max_obj_ptrs_in_encoder) + 1
+    window = (
+        max(predictor.num_maskmem * predictor.memory_temporal_stride_for_eval, predictor.max_obj_ptrs_in_encoder) + 1
+    )
     for reverse, order in ((False, range(seed + 1, T)), (True, range(seed - 1, -1, -1))):
         for f in order:
             cur, pred = predictor._run_single_frame_inference(
-                inference_state=state, output_dict=out_dict, frame_idx=f, batch_size=n, is_init_cond_frame=False,
-                point_inputs=None, mask_inputs=None, reverse=reverse, run_mem_encoder=True)
+                inference_state=state,
+                output_dict=out_dict,
+                frame_idx=f,
+                batch_size=n,
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=reverse,
+                run_mem_encoder=True,
+            )
             out_dict["non_cond_frame_outputs"][f] = cur
             if prune:
                 nc = out_dict["non_cond_frame_outputs"]
@@ -147,8 +191,9 @@ def propagate_batched(predictor: Any, state: dict, seed: int, masks: torch.Tenso
 
 
 @torch.inference_mode()
-def propagate_per_object(predictor: Any, state: dict, seed: int,
-                         masks: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+def propagate_per_object(
+    predictor: Any, state: dict, seed: int, masks: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Same contract as ``propagate_batched`` through the stock API (objects looped inside sam2).
 
     The seed frame is yielded once (the stock reverse pass yields it again; that repeat is skipped).
@@ -185,7 +230,7 @@ class FrameAccumulator:
         m_np, rows_np, cols_np = m.cpu().numpy(), rows.cpu().numpy(), cols.cpu().numpy()
         for k in np.flatnonzero(nz):
             r, c = np.flatnonzero(rows_np[k]), np.flatnonzero(cols_np[k])
-            self.frames[k][frame_idx] = (int(r[0]), int(c[0]), m_np[k, r[0]:r[-1] + 1, c[0]:c[-1] + 1])
+            self.frames[k][frame_idx] = (int(r[0]), int(c[0]), m_np[k, r[0] : r[-1] + 1, c[0] : c[-1] + 1])
 
     def mask(self, k: int) -> SparseMask | None:
         fr = self.frames[k]
@@ -199,13 +244,14 @@ class FrameAccumulator:
         crop = np.zeros((ts[-1] - ts[0] + 1, r1 - r0, c1 - c0), dtype=bool)
         for t in ts:
             r, c, a = fr[t]
-            crop[t - ts[0], r - r0:r - r0 + a.shape[0], c - c0:c - c0 + a.shape[1]] = a
+            crop[t - ts[0], r - r0 : r - r0 + a.shape[0], c - c0 : c - c0 + a.shape[1]] = a
         crop = np.moveaxis(crop, 0, self.axis)
         lo = [0, 0, 0]
         others = [a for a in range(3) if a != self.axis]
         lo[self.axis], lo[others[0]], lo[others[1]] = ts[0], r0, c0
-        return SparseMask((lo[0], lo[1], lo[2], lo[0] + crop.shape[0], lo[1] + crop.shape[1], lo[2] + crop.shape[2]),
-                          crop)
+        return SparseMask(
+            (lo[0], lo[1], lo[2], lo[0] + crop.shape[0], lo[1] + crop.shape[1], lo[2] + crop.shape[2]), crop
+        )
 
     def masks(self) -> list[SparseMask | None]:
         return [self.mask(k) for k in range(self.n)]

@@ -7,7 +7,8 @@ Same interface as the other sources (``components.maskgen.sources``): writes ``d
 from __future__ import annotations
 
 import time
-from typing import Any, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,14 @@ from monai.transforms import Transform
 from components.maskgen.postprocess import scaled_min_size
 from components.maskgen.sam2.masks2d import auto_masks_2d, make_mask_generator
 from components.maskgen.sam2.model import autocast_ctx, build_sam2_predictor
-from components.maskgen.sam2.propagation import (FrameAccumulator, cache_backbone, make_state, propagate_batched,
-                                         propagate_per_object, volume_frames)
+from components.maskgen.sam2.propagation import (
+    FrameAccumulator,
+    cache_backbone,
+    make_state,
+    propagate_batched,
+    propagate_per_object,
+    volume_frames,
+)
 
 __all__ = ["SAM2MaskSourced"]
 
@@ -50,15 +57,30 @@ class SAM2MaskSourced(Transform):
             one from ``sam2_config`` / ``sam2_checkpoint`` on first use.
     """
 
-    def __init__(self, sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml", sam2_checkpoint: str | None = None,
-                 device: str | torch.device = "cpu", image_size: int | None = None,
-                 amg_params: Mapping[str, Any] | None = None, min_area_px: float = 500,
-                 reference_spacing_2d: Sequence[float] = (0.75, 0.75), max_masks_per_slice: int = 70,
-                 objects_per_batch: int = 64, batched: bool = True, autocast: bool = True,
-                 amg_autocast: bool | None = None, cache_features: bool = True, offload_state_to_cpu: bool = False,
-                 rgb_key: str = "rgb", plan_key: str = "slice_plan", image_key: str = "image",
-                 masks_key: str = "masks", provenance_key: str = "mask_provenance", seed: int = 0,
-                 predictor: Any = None) -> None:
+    def __init__(
+        self,
+        sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml",
+        sam2_checkpoint: str | None = None,
+        device: str | torch.device = "cpu",
+        image_size: int | None = None,
+        amg_params: Mapping[str, Any] | None = None,
+        min_area_px: float = 500,
+        reference_spacing_2d: Sequence[float] = (0.75, 0.75),
+        max_masks_per_slice: int = 70,
+        objects_per_batch: int = 64,
+        batched: bool = True,
+        autocast: bool = True,
+        amg_autocast: bool | None = None,
+        cache_features: bool = True,
+        offload_state_to_cpu: bool = False,
+        rgb_key: str = "rgb",
+        plan_key: str = "slice_plan",
+        image_key: str = "image",
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+        seed: int = 0,
+        predictor: Any = None,
+    ) -> None:
         self.sam2_config, self.sam2_checkpoint = sam2_config, sam2_checkpoint
         self.device = torch.device(device)
         self.image_size, self.amg_params = image_size, dict(amg_params or {})
@@ -76,8 +98,9 @@ class SAM2MaskSourced(Transform):
     def predictor(self) -> Any:
         """The SAM2 video predictor, built on first use."""
         if self._predictor is None:
-            self._predictor = build_sam2_predictor(self.sam2_config, self.sam2_checkpoint, self.device,
-                                                   self.image_size, seed=self.seed)
+            self._predictor = build_sam2_predictor(
+                self.sam2_config, self.sam2_checkpoint, self.device, self.image_size, seed=self.seed
+            )
             self._generator = make_mask_generator(self._predictor, self.amg_params)
         return self._predictor
 
@@ -114,7 +137,7 @@ class SAM2MaskSourced(Transform):
                     continue
                 t0 = time.perf_counter()
                 for c in range(0, len(found), self.objects_per_batch):
-                    chunk = found[c:c + self.objects_per_batch]
+                    chunk = found[c : c + self.objects_per_batch]
                     seg = torch.from_numpy(np.stack([m["segmentation"] for m in chunk]))
                     acc = FrameAccumulator(len(chunk), axis, shape)  # type: ignore[arg-type]
                     run = propagate_batched if self.batched else propagate_per_object
@@ -125,9 +148,16 @@ class SAM2MaskSourced(Transform):
                         if sp is None:
                             continue
                         masks.append(sp)
-                        prov.append({"source": "sam2", "axis": axis, "seed_slice": int(s),
-                                     "score": float(m["predicted_iou"]), "stability": float(m["stability_score"]),
-                                     "area_2d": int(m["area"])})
+                        prov.append(
+                            {
+                                "source": "sam2",
+                                "axis": axis,
+                                "seed_slice": int(s),
+                                "score": float(m["predicted_iou"]),
+                                "stability": float(m["stability_score"]),
+                                "area_2d": int(m["area"]),
+                            }
+                        )
                 _sync(self.device)
                 tm["propagation_s"] = tm.get("propagation_s", 0.0) + time.perf_counter() - t0
             del state, frames
