@@ -1,9 +1,9 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   -> set up .venv and run the whole MASS pipeline on the embedded demo data
-#   make test   -> set up .venv and run the default (fast) test suite
+#   make test   -> set up .venv, lint (ruff check + format check, mypy on components/), run the default test suite
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-slow
+.PHONY: setup demo lint test test-slow
 
 setup:
 	bash scripts/setup.sh
@@ -11,7 +11,12 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: setup

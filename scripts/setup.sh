@@ -17,6 +17,6 @@ TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 $PIP install -q --upgrade "pip>=24" "setuptools>=70" wheel
 $PIP install -q $TORCH_PINS
 SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation sam2==1.1.0 $TORCH_PINS
-$PIP install -q -e . $TORCH_PINS
+$PIP install -q -e ".[all]" $TORCH_PINS
 $PIP check
 touch "$STAMP"

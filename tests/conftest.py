@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,12 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data(shared_dir: Path) -> Path:
     return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def meta_schema() -> dict:
+    """The model zoo's metadata schema, vendored in tests/resources (no network, no ../shared)."""
+    return json.loads((REPO_ROOT / "tests" / "resources" / "meta_schema_20240725.json").read_text())
 
 
 @pytest.fixture(scope="session")

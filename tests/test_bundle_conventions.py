@@ -13,17 +13,18 @@ import jsonschema
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEMA = Path(__file__).resolve().parent / "resources" / "meta_schema_20240725.json"  # vendored zoo schema
 BUNDLES = ["mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe"]
 
 
 @pytest.mark.parametrize("name", BUNDLES)
-def test_bundle_files_and_metadata(name: str, shared_dir: Path) -> None:
+def test_bundle_files_and_metadata(name: str) -> None:
     root = REPO / "bundles" / name
     for rel in ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md"):
         assert (root / rel).is_file(), f"{name}: {rel} missing"
     assert "Apache License" in (root / "LICENSE").read_text()
     meta = json.loads((root / "configs/metadata.json").read_text())
-    schema = json.loads((shared_dir / "schema/meta_schema_20240725.json").read_text())
+    schema = json.loads(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(meta), key=str)
     assert not errors, f"{name}: {[e.message for e in errors[:3]]}"
     assert meta["version"] in meta["changelog"]

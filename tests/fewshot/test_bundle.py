@@ -55,9 +55,9 @@ def test_inference_writes_label_map_aligned_with_input(demo_data: Path, tmp_path
     assert values <= set(range(len(names) + 1)) and len(values) > 1
 
 
-def test_train_workflow_properties_and_metadata(shared_dir: Path, tmp_path: Path) -> None:
+def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Path) -> None:
     meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
-    schema = json.loads((shared_dir / "schema/meta_schema_20240725.json").read_text())
+    schema = meta_schema
     assert not list(jsonschema.Draft201909Validator(schema).iter_errors(meta))
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())

@@ -200,10 +200,10 @@ def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
     assert MaskSet.open(out / "itk_t1.mset").provenance[0]["source"] == "labelmap"
 
 
-def test_metadata_valid_against_schema(shared_dir):
+def test_metadata_valid_against_schema(meta_schema):
     import jsonschema
 
-    schema = json.loads((shared_dir / "schema" / "meta_schema_20240725.json").read_text())
+    schema = meta_schema
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     jsonschema.Draft201909Validator(schema).validate(meta)
     assert meta["version"] in meta["changelog"]

@@ -232,10 +232,10 @@ def _chain(e):
         e = e.__cause__
 
 
-def test_metadata_is_schema_valid(shared_dir):
+def test_metadata_is_schema_valid(meta_schema):
     import jsonschema
 
-    schema = json.loads((shared_dir / "schema" / "meta_schema_20240725.json").read_text())
+    schema = meta_schema
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     jsonschema.Draft201909Validator(schema).validate(meta)
     assert meta["version"] in meta["changelog"]
