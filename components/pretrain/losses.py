@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-__all__ = ["DiceBCELoss"]
+__all__ = ["AdaptiveTverskyBCELoss", "DiceBCELoss"]
 
 # sigmoid(-1e4) is exactly 0 in float32/bfloat16: a padded channel contributes nothing to a
 # batch-pooled Dice when its logits are replaced by this value and its target by 0.
@@ -122,3 +122,105 @@ class DiceBCELoss(nn.Module):
                 dice = self.dice(logits.float(), target.float()).reshape(keep.shape)  # [B, M]
                 total = total + self.dice_weight * dice[keep].mean()
         return total
+
+
+class AdaptiveTverskyBCELoss(nn.Module):
+    """``tversky_weight * AdaptiveTversky(sigmoid(logits), target) + bce_weight * BCEWithLogits``.
+
+    The released pretraining objective. Per (sample, mask) channel, with ``P = sigmoid(logits)``:
+    ``TP = sum(P * y)``, ``FP = sum(P * (1 - y))``, ``FN = sum((1 - P) * y)``,
+    ``alpha = clamp(FP / (FP + FN + smooth), alpha_min, alpha_max)``, ``beta = 1 - alpha`` and
+    ``loss = 1 - TP / (TP + alpha * FP + beta * FN + smooth)``; gradients flow through ``alpha``
+    too (zero where it is clamped). When a
+    prediction is too small (``FN > FP``) misses weigh up to ``alpha_max / alpha_min`` = 4 times
+    more than false alarms, which counteracts the collapse to empty masks that plain soft Dice
+    shows on small masks. Empty target channels are kept, as released: their Tversky term is 1
+    unless the prediction is empty too. BCE is the mean over voxels, then over channels.
+
+    Args:
+        tversky_weight: weight of the adaptive Tversky term (release: 1).
+        bce_weight: weight of the binary cross-entropy term (release: 1).
+        alpha_min: lower clamp of ``alpha`` (release: 0.2).
+        alpha_max: upper clamp of ``alpha`` (release: 0.8).
+        smooth: added to the ``alpha`` and Tversky denominators (release: 1e-6).
+        padding_value: if given and ``valid`` is not passed, a channel whose target equals this
+            value everywhere is padding and is left out of both terms (as in :class:`DiceBCELoss`).
+
+    Shapes:
+        ``logits``: ``[B, M, *spatial]``; ``target``: same shape, values in {0, 1};
+        ``valid``: ``[B, M]`` bool. Returns a scalar; :meth:`terms` returns both terms too.
+
+    Example::
+
+        loss_fn = AdaptiveTverskyBCELoss()
+        loss = loss_fn(logits, masks)
+    """
+
+    def __init__(
+        self,
+        tversky_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        alpha_min: float = 0.2,
+        alpha_max: float = 0.8,
+        smooth: float = 1e-6,
+        padding_value: float | None = None,
+    ) -> None:
+        super().__init__()
+        if tversky_weight < 0 or bce_weight < 0 or tversky_weight + bce_weight == 0:
+            raise ValueError(
+                f"AdaptiveTverskyBCELoss: weights must be >= 0 and not both 0, got tversky_weight="
+                f"{tversky_weight}, bce_weight={bce_weight}"
+            )
+        if not 0.0 <= alpha_min <= alpha_max <= 1.0:
+            raise ValueError(
+                f"AdaptiveTverskyBCELoss: need 0 <= alpha_min <= alpha_max <= 1, got {alpha_min}, {alpha_max}"
+            )
+        self.tversky_weight = float(tversky_weight)
+        self.bce_weight = float(bce_weight)
+        self.alpha_min = float(alpha_min)
+        self.alpha_max = float(alpha_max)
+        self.smooth = float(smooth)
+        self.padding_value = padding_value
+
+    def terms(
+        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, tversky, bce)`` as float32 scalars, each the mean over valid (sample, mask) channels."""
+        if logits.shape != target.shape:
+            raise ValueError(
+                f"AdaptiveTverskyBCELoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
+                "must have the same shape"
+            )
+        if logits.ndim < 3:
+            raise ValueError(f"AdaptiveTverskyBCELoss: expected [B, M, *spatial], got {tuple(logits.shape)}")
+        b, m = logits.shape[:2]
+        if valid is None:
+            if self.padding_value is None:
+                keep = torch.ones(b, m, dtype=torch.bool, device=logits.device)
+            else:
+                keep = ~(target == self.padding_value).flatten(2).all(dim=2)
+        else:
+            if tuple(valid.shape) != (b, m):
+                raise ValueError(
+                    f"AdaptiveTverskyBCELoss: valid must have shape [B, M]={(b, m)}, got {tuple(valid.shape)}"
+                )
+            keep = valid.to(device=logits.device, dtype=torch.bool)
+        zero = logits.sum() * 0.0
+        if not bool(keep.any()):
+            return zero, zero, zero  # nothing to learn from; the graph stays for backward()
+        x = logits.float().flatten(2)
+        y = torch.where(keep[..., None], target.float().flatten(2), torch.zeros_like(x))
+        bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(dim=2)[keep].mean()
+        p = torch.sigmoid(x)
+        tp = (p * y).sum(dim=2)
+        fp = (p * (1.0 - y)).sum(dim=2)
+        fn = ((1.0 - p) * y).sum(dim=2)
+        alpha = (fp / (fp + fn + self.smooth)).clamp(self.alpha_min, self.alpha_max)
+        tversky = 1.0 - tp / (tp + alpha * fp + (1.0 - alpha) * fn + self.smooth)
+        tversky = tversky[keep].mean()
+        total = self.tversky_weight * tversky + self.bce_weight * bce
+        return total, tversky, bce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of ``logits[B, M, *spatial]`` against ``target`` (same shape) over valid channels."""
+        return self.terms(logits, target, valid)[0]

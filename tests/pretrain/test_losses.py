@@ -128,3 +128,69 @@ def test_bad_shapes_are_reported():
         loss_fn(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 2, 4, 4, 4), valid=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="weights"):
         DiceBCELoss(dice_weight=0.0, bce_weight=0.0)
+
+
+# --- AdaptiveTverskyBCELoss: the released pretraining objective ---------------------------------
+
+
+def test_tversky_hand_computed_value_and_alpha_clamp():
+    """p = 0.5 on 8 voxels, 2 of them foreground: TP 1, FP 3, FN 1 -> alpha = 3/4 (inside the clamp)."""
+    from components.pretrain.losses import AdaptiveTverskyBCELoss
+
+    target = torch.zeros(1, 1, 2, 2, 2)
+    target[0, 0, 0, 0] = 1.0
+    total, tversky, bce = AdaptiveTverskyBCELoss(smooth=0.0).terms(torch.zeros_like(target), target)
+    alpha = 0.75
+    expected = 1.0 - 1.0 / (1.0 + alpha * 3.0 + (1 - alpha) * 1.0)
+    assert tversky.item() == pytest.approx(expected, rel=1e-6)
+    assert bce.item() == pytest.approx(math.log(2.0), rel=1e-6)
+    assert total.item() == pytest.approx(expected + math.log(2.0), rel=1e-6)
+    # an empty prediction of a present mask: FP ~ 0 -> alpha clamped to 0.2, misses weigh 0.8
+    logits = torch.full_like(target, -30.0)
+    _, t_empty, _ = AdaptiveTverskyBCELoss(smooth=0.0).terms(logits, target)
+    assert t_empty.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_tversky_weighs_misses_more_than_plain_dice_when_prediction_shrinks():
+    """Half of a blob predicted: the adaptive loss is above plain soft Dice (alpha clamps at 0.2)."""
+    from components.pretrain.losses import AdaptiveTverskyBCELoss
+
+    target = _blobs(b=1, m=2, size=16, seed=3)
+    logits = torch.where(target > 0, 8.0, -8.0)
+    logits[..., : target.shape[-1] // 2] = -8.0  # lose half of each mask
+    tversky = AdaptiveTverskyBCELoss(bce_weight=0.0)(logits, target)
+    dice = DiceBCELoss(bce_weight=0.0)(logits, target)
+    assert tversky.item() > dice.item()
+
+
+def test_tversky_matches_the_release_terms_on_the_reference_batch(shared_dir):
+    """Step-0 logits of the release's own training step give its loss, Tversky and BCE terms (<= 1e-5)."""
+    from components.pretrain.losses import AdaptiveTverskyBCELoss
+
+    ref = torch.load(shared_dir / "reference" / "train_step.pt", weights_only=True)
+    total, tversky, bce = AdaptiveTverskyBCELoss().terms(ref["logits_step0"], ref["batch"]["tgt_mask"])
+    step = ref["steps"][0]
+    for ours, theirs in ((total, step["loss"]), (tversky, step["dice"]), (bce, step["bce"])):
+        assert abs(ours.item() - theirs) / abs(theirs) <= 1e-5
+    # plain soft Dice disagrees on the same logits (the reason for the separate class)
+    dice = DiceBCELoss(bce_weight=0.0, smooth_nr=1e-6, smooth_dr=1e-6)(ref["logits_step0"], ref["batch"]["tgt_mask"])
+    assert abs(dice.item() - step["dice"]) > 1e-2
+
+
+def test_tversky_padding_channels_are_ignored_and_all_padding_keeps_the_graph():
+    from components.pretrain.losses import AdaptiveTverskyBCELoss
+
+    target = _blobs(b=2, m=3, size=8)
+    logits = torch.randn_like(target)
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    loss_fn = AdaptiveTverskyBCELoss()
+    expected = torch.stack(
+        [loss_fn(logits[i : i + 1, j : j + 1], target[i : i + 1, j : j + 1]) for i, j in ((0, 0), (0, 1), (1, 0))]
+    )
+    # both terms are means over the same kept channels, so the total is the mean of per-channel totals
+    assert loss_fn(logits, target, valid=valid).item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    none = loss_fn(logits.requires_grad_(), target, valid=torch.zeros(2, 3, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        loss_fn(logits[:, :2], target)
