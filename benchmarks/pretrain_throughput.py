@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
+from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from torch.utils.data import DataLoader
 
 from components.data.loading import load_volume
 from components.io.maskset import write_maskset
 from components.network.nets import build_network
 from components.pretrain.data import MaskPretrainDataset, TwoViewSampler
-from components.pretrain.ema import ModelEMA
 from components.pretrain.lamb import Lamb
 from components.pretrain.losses import DiceBCELoss
 
@@ -75,15 +76,13 @@ def bench_data(
 def bench_train(preset: str, size: int, masks: int, batch: int, steps: int, device: str, bf16: bool) -> dict:
     torch.manual_seed(0)
     net = build_network(preset).to(device)
-    opt, ema, loss_fn = Lamb(net.parameters(), lr=2e-3, weight_decay=1e-5), ModelEMA(net, 0.99), DiceBCELoss()
+    opt, loss_fn = Lamb(net.parameters(), lr=2e-3, weight_decay=1e-5), DiceBCELoss()
     q = torch.randn(batch, 1, size, size, size, device=device)
     r = torch.randn(batch, 1, size, size, size, device=device)
     m = (torch.rand(batch, masks, size, size, size, device=device) > 0.7).float()
-    times = []
-    for i in range(steps + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    times: list[float] = []
+
+    def train_step(engine: Engine, _: object) -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
             logits = net(q, r, m)
@@ -91,11 +90,23 @@ def bench_train(preset: str, size: int, masks: int, batch: int, steps: int, devi
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        ema.update()
+
+    def tic(engine: Engine) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
-        if i:  # first step excluded (allocation, autotuning)
-            times.append(time.perf_counter() - t0)
+        engine.state.t0 = time.perf_counter()
+
+    def toc(engine: Engine) -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if engine.state.iteration > 1:  # first step excluded (allocation, autotuning)
+            times.append(time.perf_counter() - engine.state.t0)
+
+    engine = Engine(train_step)
+    engine.add_event_handler(Events.ITERATION_STARTED, tic)
+    EMAHandler(net, momentum=0.01).attach(engine)  # the bundle's EMA (decay 0.99), timed with the step
+    engine.add_event_handler(Events.ITERATION_COMPLETED, toc)
+    engine.run([None] * (steps + 1), max_epochs=1)
     step = float(np.median(times))
     res = {
         "preset": preset,

@@ -1,43 +1,51 @@
-"""Pieces that plug mask-guided pretraining into MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+"""Mask-guided pretraining on MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
 
 * :func:`prepare_incontext_batch`: batch dict -> ``(query, query_masks, (ref_image, ref_masks), {})``;
   MONAI's evaluator then calls ``inferer(query, network, ref_image, ref_masks)``.
-* :class:`PretrainIteration`: the trainer's ``iteration_update``: the reference view feeds the task
-  encoder, the query view is segmented; DiceBCE over valid mask channels; bf16 autocast; gradient
-  clipping; a non-finite loss or gradient raises :class:`NonFiniteLossError` naming the iteration
-  *before* the optimiser step, so weights and checkpoints stay the last good ones.
+* :class:`InContextTrainer`: ``SupervisedTrainer`` whose iteration segments the query view from the
+  reference view (the task encoder's input); DiceBCE over valid mask channels; bf16 autocast; gradient
+  clipping; optional ``GradScaler`` (fp16); a non-finite loss or gradient raises
+  :class:`NonFiniteLossError` naming the iteration *before* the optimiser step, so weights and
+  checkpoints stay the last good ones. It attaches the weight EMA (Ignite's ``EMAHandler``), the
+  sampler's resume hook, and adds itself (iteration/epoch state) to its full-state checkpoint handlers.
 * :func:`build_lr_scheduler`: warm-up + polynomial decay (paper, power 0.9) or one-cycle (release),
   stepped per iteration.
-* :class:`ResumeFromLatest`: ``--resume`` loads the newest periodic checkpoint (model, EMA,
-  optimizer, scheduler, scaler, trainer state) through MONAI's ``CheckpointLoader``.
-* :class:`MLflowArtifacts`: logs files (final weights) to the run of an attached ``MLFlowHandler``.
+* :func:`resume_checkpoint`: the file ``--resume`` loads (newest periodic checkpoint) through MONAI's
+  ``CheckpointLoader``.
+
+EMA: ``ignite.handlers.EMAHandler(network, momentum=1 - decay)`` (release decay 0.99). It was checked
+against the hand-written EMA it replaced (``ema = decay * ema + (1 - decay) * w`` after every optimiser
+step, buffers copied): over 6 real steps of the tiny bundle all 556 tensors of the state dict were
+bitwise equal, with the same keys (tests/pretrain/test_ema.py). ``torch.optim.swa_utils.AveragedModel``
+with ``get_ema_multi_avg_fn`` was not taken: its first update copies the weights (the EMA starts
+from the weights after step 1, max difference 3.7e-2 after 6 steps), it averages buffers or leaves
+them, and its state dict adds ``module.`` and ``n_averaged``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
+from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys as Keys
 
 __all__ = [
     "NonFiniteLossError",
     "prepare_incontext_batch",
-    "PretrainIteration",
+    "InContextTrainer",
+    "unwrap_model",
     "warmup_poly_lambda",
     "build_lr_scheduler",
     "latest_checkpoint",
-    "ResumeFromLatest",
-    "Attach",
-    "CheckpointWithEngine",
+    "resume_checkpoint",
     "SampleLog",
-    "MLflowArtifacts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,54 +76,110 @@ def prepare_incontext_batch(
     )
 
 
-class PretrainIteration:
-    """``iteration_update`` for ``SupervisedTrainer`` (uses its network, optimizer and loss_function).
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+class InContextTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` for in-context batches (``query_image``, ``query_masks``, ``ref_image``,
+    ``ref_masks``, ``valid``); the loss is called as ``loss_function(logits, query_masks, valid=valid)``.
 
     Args:
+        device, max_epochs, train_data_loader, network, optimizer, loss_function: as ``SupervisedTrainer``.
         grad_clip: max global gradient norm (``None``/0: off).
-        amp: autocast the forward pass (bf16 by default; on CUDA and on CPU).
+        amp: autocast the forward pass (bf16 by default; on CUDA and on CPU). MONAI's own ``amp``
+            (fp16 on CUDA with its internal scaler) is not used.
         amp_dtype: ``"bfloat16"`` or ``"float16"`` (fp16 uses ``scaler``).
-        scaler: a ``torch.amp.GradScaler`` (enabled only for fp16; saved in checkpoints either way).
+        scaler: a ``torch.amp.GradScaler`` (used only when enabled; saved in checkpoints either way).
         check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss or gradient norm.
+        ema: an ``ignite.handlers.EMAHandler`` of ``network``; attached (updated after every iteration).
+        state_key: the trainer's key in full training-state checkpoints: every handler of
+            ``train_handlers`` whose ``save_dict`` / ``load_dict`` holds ``optimizer`` (MONAI's
+            ``CheckpointSaver`` / ``CheckpointLoader`` of the whole state) gets the trainer (iteration,
+            epoch) under this key, since a config cannot reference the trainer from its own handlers.
+            Weights-only loaders (no optimizer) are left alone.
+        kwargs: other ``SupervisedTrainer`` arguments (``train_handlers``, ``inferer``, ``epoch_length`` ...).
+
+    A sampler of ``train_data_loader`` with an ``attach`` method (``TwoViewSampler``: skips the samples
+    already seen when a run resumes mid-epoch) is attached as well.
     """
 
     def __init__(
         self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable[..., torch.Tensor],
         grad_clip: float | None = 1.0,
         amp: bool = True,
         amp_dtype: str = "bfloat16",
         scaler: torch.amp.GradScaler | None = None,
         check_finite: bool = True,
+        ema: Any = None,
+        state_key: str = "trainer",
+        **kwargs: Any,
     ) -> None:
-        self.grad_clip, self.amp, self.check_finite = grad_clip, bool(amp), bool(check_finite)
-        self.amp_dtype = getattr(torch, amp_dtype)
-        self.scaler = scaler
+        kwargs.setdefault("prepare_batch", prepare_incontext_batch)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            amp=False,
+            **kwargs,
+        )
+        self.grad_clip, self.check_finite = grad_clip, bool(check_finite)
+        self.autocast, self.amp_dtype = bool(amp), getattr(torch, amp_dtype)
+        self.grad_scaler = scaler
+        self.ema = ema
+        if ema is not None:
+            ema.attach(self)
+        sampler = getattr(train_data_loader, "sampler", None)
+        if callable(getattr(sampler, "attach", None)):
+            sampler.attach(self)
+        for handler in kwargs.get("train_handlers") or ():
+            for attr in ("save_dict", "load_dict"):
+                objects = getattr(handler, attr, None)
+                if isinstance(objects, dict) and any(v is optimizer for v in objects.values()):
+                    objects[state_key] = self  # MONAI/Ignite read these dicts when saving/loading
 
-    def _fail(self, engine: Any, what: str, value: float) -> None:
+    def _fail(self, what: str, value: float) -> None:
         raise NonFiniteLossError(
-            f"non-finite {what} ({value}) at iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
+            f"non-finite {what} ({value}) at iteration {self.state.iteration} (epoch {self.state.epoch}); "
             "training stopped before the optimizer step, the last saved checkpoint is the last good one"
         )
 
-    def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+    def _iteration(self, engine: Any, batchdata: dict[str, Any]) -> dict:
+        """One step: forward (autocast), loss, backward, clip, NaN guard, optimiser step."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
         device = engine.state.device
-        query, target, (ref_image, ref_masks), _ = prepare_incontext_batch(batchdata, device, engine.non_blocking)
+        query, target, (ref_image, ref_masks), _ = engine.prepare_batch(
+            batchdata, device, engine.non_blocking, **engine.to_kwargs
+        )
         valid = _t(batchdata["valid"]).to(device=device, dtype=torch.bool)
         net, opt = engine.network, engine.optimizer
         net.train()
         opt.zero_grad(set_to_none=True)
         dev_type = torch.device(device).type if device is not None else "cpu"
         engine.state.output = out = {Keys.IMAGE: query, Keys.LABEL: target}
-        with torch.autocast(device_type=dev_type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = net(query, ref_image, ref_masks)
+        with torch.autocast(device_type=dev_type, dtype=self.amp_dtype, enabled=self.autocast):
+            logits = engine.inferer(query, net, ref_image, ref_masks)
         out[Keys.PRED] = logits
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = engine.loss_function(logits.float(), target, valid=valid)
         if self.check_finite and not bool(torch.isfinite(loss)):
-            self._fail(engine, "loss", float(loss))
+            self._fail("loss", float(loss))
         out[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
+        scaler = self.grad_scaler if self.grad_scaler is not None and self.grad_scaler.is_enabled() else None
         (scaler.scale(loss) if scaler else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if scaler:
@@ -124,7 +188,7 @@ class PretrainIteration:
             norm = torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.grad_clip))
             if self.check_finite and not bool(torch.isfinite(norm)) and scaler is None:
                 opt.zero_grad(set_to_none=True)
-                self._fail(engine, "gradient norm", float(norm))
+                self._fail("gradient norm", float(norm))
         if scaler:
             scaler.step(opt)
             scaler.update()
@@ -176,59 +240,17 @@ def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt
     return str(files[-1]) if files else None
 
 
-class ResumeFromLatest:
-    """When ``enabled``, load the newest checkpoint of ``ckpt_dir`` into ``load_dict`` at the start of a run.
+def resume_checkpoint(ckpt_dir: str | os.PathLike, ckpt_path: str | None = None) -> str | None:
+    """The checkpoint a resumed run loads: ``ckpt_path`` if given, else the newest one of ``ckpt_dir``.
 
-    The engine it is attached to is added to ``load_dict`` as ``engine_key`` (its iteration/epoch state;
-    a config cannot reference the trainer from its own handler list). ``ckpt_path`` (explicit file)
-    wins over the folder scan. Without a checkpoint it logs and starts fresh.
+    Without one it logs a warning and returns None (the run starts from scratch).
     """
-
-    def __init__(
-        self,
-        ckpt_dir: str,
-        load_dict: dict,
-        enabled: bool = False,
-        ckpt_path: str | None = None,
-        map_location: Any = None,
-        engine_key: str | None = "trainer",
-    ) -> None:
-        self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), bool(enabled)
-        self.ckpt_path, self.map_location, self.engine_key = ckpt_path, map_location, engine_key
-
-    def attach(self, engine: Any) -> None:
-        if not self.enabled:
-            return
-        if self.engine_key:
-            self.load_dict[self.engine_key] = engine
-        path = self.ckpt_path or latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            logger.warning(f"resume requested but no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return
+    path = ckpt_path or latest_checkpoint(ckpt_dir)
+    if path is None:
+        logger.warning(f"resume requested but no checkpoint in {ckpt_dir}; starting from scratch")
+    else:
         logger.info(f"resuming from {path}")
-        CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
-
-
-class Attach:
-    """Handler-list entry for an object defined elsewhere in the config (``{"_target_": ..., "handler": "@ema"}``:
-    MONAI's property checks expect every ``train#handlers`` entry to be a component dict)."""
-
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-
-    def attach(self, engine: Any) -> None:
-        self.handler.attach(engine)
-
-
-class CheckpointWithEngine:
-    """Attach a MONAI ``CheckpointSaver`` after adding the engine (iteration/epoch state) to its ``save_dict``."""
-
-    def __init__(self, saver: Any, engine_key: str = "trainer") -> None:
-        self.saver, self.engine_key = saver, engine_key
-
-    def attach(self, engine: Any) -> None:
-        self.saver.save_dict[self.engine_key] = engine  # the saver's ignite Checkpoints share this dict
-        self.saver.attach(engine)
+    return path
 
 
 class SampleLog:
@@ -256,46 +278,3 @@ class SampleLog:
                 f.write(" ".join(str(int(i)) for i in torch.as_tensor(ids).view(-1).tolist()) + "\n")
 
         engine.add_event_handler(Events.ITERATION_STARTED, _log)
-
-
-class MLflowArtifacts:
-    """At the end of training, log ``params``, ``paths`` (files or folders) and the newest match of each glob in
-    ``newest`` (e.g. the executed config) to the run of each attached ``MLFlowHandler``.
-
-    Does nothing when no ``MLFlowHandler`` is attached (i.e. without ``--tracking mlflow``).
-    """
-
-    def __init__(
-        self, paths: Sequence[str] = (), newest: Sequence[str] = (), params: Mapping[str, Any] | None = None
-    ) -> None:
-        self.paths, self.newest, self.params = [str(p) for p in paths], [str(g) for g in newest], dict(params or {})
-
-    def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.COMPLETED, self._log)
-
-    def _log(self, engine: Any) -> None:
-        import glob
-
-        from monai.handlers import MLFlowHandler
-
-        handlers = {
-            id(h.__self__): h.__self__
-            for ev in engine._event_handlers.values()
-            for h, *_ in ev
-            if isinstance(getattr(h, "__self__", None), MLFlowHandler)
-        }
-        found = [max(m, key=os.path.getmtime) for m in (glob.glob(g) for g in self.newest) if m]
-        for h in handlers.values():
-            run = getattr(h, "cur_run", None)
-            if run is None:  # run already closed or never started
-                continue
-            rid = run.info.run_id
-            for k, v in self.params.items():
-                h.client.log_param(rid, k, str(v)[:500])
-            for p in self.paths + found:
-                if os.path.isdir(p):
-                    h.client.log_artifacts(rid, p)
-                elif os.path.isfile(p):
-                    h.client.log_artifact(rid, p)
