@@ -187,3 +187,42 @@ def test_inference_writes_label_map_on_the_query_grid(tmp_path):
     query = nib.load(REPO / "data" / "demo" / "mni152_t1.nii.gz")
     assert out.shape == query.shape and np.allclose(out.affine, query.affine)
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 4, 17}
+
+
+def test_warm_start_loads_our_checkpoint_into_network_and_ema(tmp_path, mask_dir):
+    from components.network.nets import build_network
+
+    torch.manual_seed(3)
+    raw, ema = build_network("tiny").state_dict(), build_network("tiny").state_dict()
+    torch.save({"model": raw, "ema_model": ema}, tmp_path / "ours.pt")
+    wf = _workflow(tiny_overrides(tmp_path, mask_dir, warm_start=str(tmp_path / "ours.pt")))
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    seen = {}
+
+    @trainer.on(Events.STARTED)  # after the bundle's CheckpointLoader (attached earlier)
+    def _grab(e):
+        seen["model"] = {k: v.clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
+        seen["ema"] = {k: v.clone() for k, v in trainer.ema.ema_model.state_dict().items()}
+        e.terminate()
+
+    wf.run()
+    assert all(torch.equal(seen["model"][k], raw[k]) for k in raw)
+    assert all(torch.equal(seen["ema"][k], ema[k]) for k in ema)
+    assert trainer.state.iteration == 0  # weights only: no trainer state from the file
+
+
+def test_mlflow_tracking_settings_log_params_metrics_and_artifacts(tmp_path, mask_dir):
+    import sqlite3
+
+    settings = str(BUNDLE / "configs" / "mlflow.json")  # --tracking configs/mlflow.json
+    wf = _workflow(dict(tiny_overrides(tmp_path, mask_dir, max_epochs=1), run_name="pretrain_test", tracking=settings))
+    wf.run()
+    wf.finalize()
+    con = sqlite3.connect(tmp_path / "eval" / "mlruns.db")
+    params = dict(con.execute("select key, value from params").fetchall())
+    metrics = {k for (k,) in con.execute("select distinct key from metrics").fetchall()}
+    con.close()
+    assert params["preset"] == "tiny" and params["num_train_volumes"] == "1" and params["ema_decay"] == "0.99"
+    assert {"train_loss", "val_mean_dice"} <= metrics
+    artifacts = {p.name for p in (tmp_path / "eval" / "mlruns").rglob("*") if p.is_file()}
+    assert "model.pt" in artifacts and any(a.startswith("config_") and a.endswith(".json") for a in artifacts)
