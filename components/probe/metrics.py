@@ -5,8 +5,9 @@
   mean into NaN). ``y_pred``/``y`` are ``[B, N]`` (probabilities / one-hot or 0-1 targets).
 - :func:`auc_handlers`: one Ignite metric handler per class, for ``additional_metrics``.
 - :class:`ProbeRecorder`: after training writes ``summary.json`` (best mean AUC and the per-class
-  AUCs of that epoch) and ``head.pt`` (the best head's weights); when MONAI's ``MLFlowHandler`` is
-  attached (``--tracking mlflow``) it hands it the run parameters and the head file as artifact.
+  AUCs of that epoch) and ``head.pt`` (the best head's weights). MLflow logging is MONAI's
+  ``MLFlowHandler`` from the bundle's tracking settings (``--tracking configs/mlflow.json``: the run
+  parameters ``train#run_params``, ``head.pt`` and ``summary.json`` as artifacts).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.handlers import IgniteMetricHandler, MLFlowHandler, from_engine
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import ROCAUCMetric
 from monai.metrics.rocauc import compute_roc_auc
 
@@ -83,7 +84,7 @@ class ProbeRecorder:
         validator: the evaluator whose ``key_metric`` selects the best head.
         head: the classification head module (its weights at the best epoch are kept).
         output_dir: where ``summary.json`` and ``head.pt`` go.
-        params: run parameters (mode, fraction, seed, ...) for the summary and MLflow.
+        params: run parameters (mode, fraction, seed, ...) for the summary.
         key_metric: name of the mean-AUC metric; per-class metrics start with ``class_prefix``.
     """
 
@@ -120,23 +121,8 @@ class ProbeRecorder:
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.COMPLETED, self._completed)
         self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._validated)
-
-    def _mlflow_handlers(self, engine: Any) -> list[MLFlowHandler]:
-        found = []
-        for handlers in engine._event_handlers.values():
-            for h in handlers:
-                owner = getattr(h[0], "__self__", None)
-                if isinstance(owner, MLFlowHandler) and owner not in found:
-                    found.append(owner)
-        return found
-
-    def _started(self, engine: Any) -> None:
-        for h in self._mlflow_handlers(engine):
-            h.experiment_param = {**(h.experiment_param or {}), **self.params}
-            h.artifacts = tuple(a for a in h.artifacts if a) + (str(self.head_path), str(self.summary_path))
 
     def _validated(self, validator: Any) -> None:
         metrics = {k: float(v) for k, v in validator.state.metrics.items() if isinstance(v, (int, float))}

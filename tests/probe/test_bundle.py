@@ -192,7 +192,7 @@ def test_multilabel_task_and_mlflow_tracking(task, tmp_path):
             **{"train#trainer#max_epochs": 2},
         ),
         quiet=True,
-        tracking="mlflow",
+        tracking=str(CONFIGS / "mlflow.json"),  # --tracking configs/mlflow.json
     )
     assert set(s["best_auc_per_class"]) == set(CLASSES) and s["params"]["task"] == "multilabel"
     db = out / "mlruns.db"
