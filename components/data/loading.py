@@ -1,16 +1,15 @@
-"""Datalists and checked loading of 3D volumes, shared by every MASS bundle.
+"""Checked loading of 3D volumes, shared by every MASS bundle.
 
-A *datalist* is MONAI's list of dicts, e.g. ``[{"image": "/d/a.nii.gz", "label": "/d/a_seg.nii.gz"}]``.
-It can be built from a folder of volumes, a Medical Segmentation Decathlon ``dataset.json`` or a
-datalist JSON (:func:`build_datalist`). Volumes are read with MONAI's readers (NIfTI via nibabel;
-NRRD, MHA and DICOM series via ITK), checked (:class:`CheckVolumed`), reoriented to RAS and
-optionally resampled (:func:`load_transforms`). Every problem raises :class:`VolumeError` whose
-message starts with the offending path.
+Volumes are read with MONAI's readers (NIfTI via nibabel; NRRD, MHA and DICOM series via ITK),
+checked (:class:`CheckVolumed`), reoriented to RAS and optionally resampled (:func:`load_transforms`).
+Every problem raises :class:`~components.io.errors.VolumeError` whose message starts with the
+offending path. Datalists (what to load) are :mod:`components.data.datalist`.
 
 Example::
 
     from monai.transforms import Compose
-    from components.data.loading import build_datalist, load_transforms
+    from components.data.datalist import build_datalist
+    from components.data.loading import load_transforms
 
     data = build_datalist("data/demo/datalist.json", section="mri")
     load = Compose(load_transforms(("image", "label"), spacing=(2.0, 2.0, 2.0)))
@@ -19,186 +18,22 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, load_decathlon_datalist
+from monai.data import MetaTensor
 from monai.transforms import EnsureTyped, LoadImaged, MapTransform, Orientationd, Spacingd, Transform
 
-__all__ = [
-    "VOLUME_SUFFIXES",
-    "VolumeError",
-    "datalist_from_folder",
-    "datalist_from_decathlon",
-    "datalist_from_json",
-    "build_datalist",
-    "check_files_exist",
-    "LoadVolumed",
-    "CheckVolumed",
-    "load_transforms",
-    "load_volume",
-    "volume_error_of",
-]
+from components.io.errors import VolumeError
+
+__all__ = ["LoadVolumed", "CheckVolumed", "load_transforms", "load_volume"]
 
 _LPS_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel/MONAI axis-code convention
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-class VolumeError(ValueError):
-    """A volume or datalist entry that cannot be used; ``str(err)`` is ``"<path>: <problem>"``."""
-
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-def _is_volume(path: Path) -> bool:
-    if path.is_dir():  # a DICOM series is a folder of slices
-        return any(p.suffix.lower() == ".dcm" for p in path.iterdir())
-    name = path.name.lower()
-    return any(name.endswith(s) for s in VOLUME_SUFFIXES)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for s in VOLUME_SUFFIXES:
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return name
-
-
-def datalist_from_folder(
-    folder: str | os.PathLike,
-    label_dir: str | os.PathLike | None = None,
-    label_suffix: str | None = None,
-) -> list[dict[str, str]]:
-    """One entry per volume file (or DICOM series folder) in ``folder``, sorted by name.
-
-    Labels are optional: a file of the same name in ``label_dir``, or ``<stem><label_suffix>.<ext>``
-    beside the image (such label files are then not listed as images). An image without its label
-    raises :class:`VolumeError`.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise VolumeError(root, "dataset folder does not exist")
-    candidates = sorted(p for p in root.iterdir() if _is_volume(p))
-    if label_suffix:
-        candidates = [p for p in candidates if not _stem(p).endswith(label_suffix)]
-    if not candidates:
-        raise VolumeError(
-            root, f"no volumes found (expected files ending in {', '.join(VOLUME_SUFFIXES)} or DICOM series folders)"
-        )
-    out = []
-    for img in candidates:
-        item = {"image": str(img.resolve())}
-        if label_dir is not None or label_suffix:
-            if label_dir is not None:
-                lab = Path(label_dir) / img.name
-            else:
-                ext = img.name[len(_stem(img)) :]
-                lab = img.with_name(f"{_stem(img)}{label_suffix}{ext}")
-            if not lab.exists():
-                raise VolumeError(lab, f"label file for image {img.name} does not exist")
-            item["label"] = str(lab.resolve())
-        out.append(item)
-    return out
-
-
-def _resolve(entry: Any, base: Path) -> Any:
-    if isinstance(entry, str) and entry and not os.path.isabs(entry):
-        return str((base / entry).resolve())
-    return entry
-
-
-def datalist_from_json(path: str | os.PathLike, section: str | None = None) -> list[dict[str, Any]]:
-    """A datalist JSON: a list of dicts, or a dict of such lists picked by ``section``.
-
-    Relative ``image``/``label`` paths are resolved against the JSON file's folder.
-    """
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VolumeError(path, "datalist file does not exist") from None
-    except json.JSONDecodeError as e:
-        raise VolumeError(path, f"datalist is not valid JSON ({e})") from None
-    if isinstance(content, dict):
-        if section is None:
-            lists = [k for k, v in content.items() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise VolumeError(path, f"datalist has sections {lists}; choose one with section=")
-            section = lists[0]
-        if section not in content:
-            raise VolumeError(path, f"datalist has no section {section!r} (sections: {sorted(content)})")
-        content = content[section]
-    if not isinstance(content, list) or not all(isinstance(d, dict) and "image" in d for d in content):
-        raise VolumeError(path, "datalist must be a list of objects with an 'image' entry")
-    base = path.parent
-    return [{k: _resolve(v, base) if k in ("image", "label") else v for k, v in d.items()} for d in content]
-
-
-def datalist_from_decathlon(path: str | os.PathLike, section: str = "training") -> list[dict[str, Any]]:
-    """A Medical Segmentation Decathlon ``dataset.json`` section (MONAI's own parser)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VolumeError(path, "dataset.json does not exist")
-    try:
-        return load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=section)
-    except (ValueError, KeyError) as e:
-        raise VolumeError(path, f"cannot read section {section!r} ({e})") from None
-
-
-def _is_decathlon(path: Path) -> bool:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(content, dict) and "modality" in content and ("training" in content or "test" in content)
-
-
-def build_datalist(
-    source: str | os.PathLike,
-    section: str | None = None,
-    label_dir: str | os.PathLike | None = None,
-    label_suffix: str | None = None,
-    check_files: bool = True,
-) -> list[dict[str, Any]]:
-    """Datalist from a folder, an MSD ``dataset.json`` or a datalist JSON (picked from ``source``)."""
-    src = Path(source)
-    if not src.exists():
-        raise VolumeError(src, "dataset folder or datalist file does not exist")
-    if src.is_dir():
-        data = datalist_from_folder(src, label_dir=label_dir, label_suffix=label_suffix)
-    elif src.suffix.lower() == ".json":
-        if not src.exists():
-            raise VolumeError(src, "datalist file does not exist")
-        data = (
-            datalist_from_decathlon(src, section or "training")
-            if _is_decathlon(src)
-            else datalist_from_json(src, section)
-        )
-    else:
-        raise VolumeError(src, "expected a folder of volumes or a .json datalist")
-    if check_files:
-        check_files_exist(data)
-    return data
-
-
-def check_files_exist(datalist: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("image", "label")) -> None:
-    """Raise :class:`VolumeError` for the first listed file that does not exist."""
-    for i, item in enumerate(datalist):
-        for k in keys:
-            p = item.get(k)
-            if isinstance(p, str) and not os.path.exists(p):
-                raise VolumeError(p, f"file does not exist (datalist entry {i}, key {k!r})")
 
 
 class LoadVolumed(LoadImaged):
@@ -362,16 +197,3 @@ def load_volume(
     for t in load_transforms(("image",), spacing=spacing, axcodes=axcodes, allow_constant=allow_constant):
         out = t(out)
     return out["image"]
-
-
-def volume_error_of(exc: BaseException) -> VolumeError | None:
-    """The :class:`VolumeError` behind ``exc`` (MONAI's ``Compose`` re-raises transform errors as
-    ``RuntimeError("applying transform ...")`` chained to the original), or ``None``."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, VolumeError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None

@@ -28,53 +28,20 @@ from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.transforms import Compose, Invertd, MapTransform, SaveImage
+from monai.transforms import Compose, Invertd, SaveImage
 
 from components.data.loading import LoadVolumed
 from components.fewshot.tasks import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.inference.incontext import InContextInferer, binarize
+from components.inference.labels import masks_to_labelmap
 
 __all__ = [
-    "MasksToLabelMapd",
-    "masks_to_labelmap",
     "segment_volume",
     "score_case",
     "evaluate",
     "summarize",
     "HausdorffDistanceMM",
 ]
-
-
-def masks_to_labelmap(masks: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary masks ``[M, X, Y, Z]`` -> label map ``[1, X, Y, Z]`` with values 0 (none) or 1..M.
-
-    Where masks overlap the class with the highest probability wins (or the last one without ``probs``).
-    """
-    masks = torch.as_tensor(masks)
-    score = (
-        torch.as_tensor(probs).float()
-        if probs is not None
-        else torch.arange(1, masks.shape[0] + 1).float().view(-1, *([1] * (masks.dim() - 1))).expand_as(masks)
-    )
-    score = torch.where(masks > 0, score, torch.full_like(score, -1.0))
-    label = torch.where((masks > 0).any(0), score.argmax(0) + 1, torch.zeros_like(score[0], dtype=torch.long))
-    return label[None].to(torch.uint8 if masks.shape[0] < 255 else torch.int16)
-
-
-class MasksToLabelMapd(MapTransform):
-    """Dictionary transform: masks ``[M, ...]`` -> label map ``[1, ...]`` (0 none, m+1 class m), meta kept."""
-
-    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key]
-            lab = masks_to_labelmap(torch.as_tensor(x))
-            d[key] = (
-                MetaTensor(lab, meta=dict(x.meta), applied_operations=list(x.applied_operations))
-                if isinstance(x, MetaTensor)
-                else lab
-            )
-        return d
 
 
 @torch.no_grad()

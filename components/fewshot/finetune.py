@@ -54,7 +54,7 @@ def build_incontext_network(
     :func:`~components.network.release_checkpoint.load_release_checkpoint` (``weights_only=True``); a file
     that does not fit the preset raises ``ReleaseCheckpointError`` listing the mismatches.
     """
-    from components.data.loading import VolumeError
+    from components.io.errors import VolumeError
     from components.network.nets import build_network
     from components.network.release_checkpoint import load_release_checkpoint
 

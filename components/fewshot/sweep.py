@@ -44,6 +44,7 @@ from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.io.atomic import atomic_json
+from components.network.release_checkpoint import preset_of_checkpoint
 
 __all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "main"]
 
@@ -282,25 +283,6 @@ def load_sweep_config(path: str | os.PathLike, **overrides: Any) -> dict[str, An
     if isinstance(cfg.get("classes"), str) and not os.path.isabs(cfg["classes"]):
         cfg["classes"] = str((base / cfg["classes"]).resolve())
     return cfg
-
-
-def preset_of_checkpoint(path: str | os.PathLike) -> str:
-    """Name of the network preset whose channels/blocks/window match the checkpoint's weights."""
-    from components.network.nets import PRESETS
-    from components.network.release_checkpoint import infer_release_config, read_release_state_dict
-
-    cfg = infer_release_config(read_release_state_dict(path))
-    for name, p in PRESETS.items():
-        if (
-            tuple(p["channels"]) == tuple(cfg["channels"])
-            and tuple(p["num_blocks"]) == tuple(cfg["num_blocks"])
-            and cfg.get("max_window", p["max_window"]) == p["max_window"]
-            and cfg.get("tn", p["tn"]) == p["tn"]
-        ):
-            return name
-    raise ValueError(
-        f"{path}: weights (channels {cfg['channels']}, blocks {cfg['num_blocks']}) match no preset of {sorted(PRESETS)}"
-    )
 
 
 def main(

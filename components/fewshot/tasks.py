@@ -33,18 +33,15 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import (
-    ClipIntensityPercentilesd,
-    Compose,
-    MapTransform,
-    NormalizeIntensityd,
-    ScaleIntensityRanged,
-    Transform,
-)
+from monai.transforms import Compose, MapTransform, Transform
 from monai.utils import convert_to_tensor
 
-from components.data.loading import VolumeError, build_datalist, load_transforms
+from components.data.datalist import build_datalist
+from components.data.intensity import CT_WINDOW, ModalityNormalized
+from components.data.loading import load_transforms
+from components.inference.crop import crop_reference
 from components.io.atomic import atomic_json
+from components.io.errors import VolumeError
 
 __all__ = [
     "FewShotClass",
@@ -130,24 +127,19 @@ def preprocessing(
     keys: Sequence[str] = ("image", "label"),
     spacing: Sequence[float] | None = (2.0, 2.0, 2.0),
     modality: str = "mr",
-    ct_window: tuple[float, float] = (-991.0, 500.0),
+    ct_window: tuple[float, float] = CT_WINDOW,
     classes: Sequence[FewShotClass] | None = None,
     label_key: str = "label",
 ) -> list[Transform]:
     """Load + check + RAS + common spacing + intensity normalisation (+ label -> class masks).
 
-    ``modality="mr"``: clip to the 2nd-98th percentile, then z-score; ``"ct"``: clip to ``ct_window``
-    (HU), then z-score. Every step but the masks is invertible (MONAI ``Invertd``).
+    ``modality="mr"``/``"pet"``: clip to the 2nd-98th percentile, then z-score; ``"ct"``: clip to
+    ``ct_window`` (HU), then z-score (:mod:`components.data.intensity`; the task's modality, an item's
+    ``"modality"`` entry is ignored). Every step but the masks is invertible (MONAI ``Invertd``).
     """
+    normalize = ModalityNormalized("image", modality=modality, modality_key=None, ct_window=ct_window)
     xs = load_transforms(keys, spacing=spacing)
-    if modality.lower() == "ct":
-        lo, hi = ct_window
-        xs.append(ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True))
-    elif modality.lower() in ("mr", "mri", "pet"):
-        xs.append(ClipIntensityPercentilesd("image", lower=2.0, upper=98.0))
-    else:
-        raise ValueError(f"modality must be 'mr', 'ct' or 'pet', got {modality!r}")
-    xs.append(NormalizeIntensityd("image"))
+    xs.append(normalize)
     if classes is not None and label_key in keys:
         xs.append(LabelToMasksd(label_key, classes))
     return xs
@@ -231,12 +223,6 @@ def sample_support(train: Sequence[Mapping[str, Any]], shots: int, seed: int) ->
 # -- in-context task building ------------------------------------------------------------------
 
 
-def _crop_around(image: torch.Tensor, mask: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    from components.inference.incontext import crop_reference
-
-    return crop_reference(image, mask, roi_size)
-
-
 @torch.no_grad()
 def encode_support(
     net: torch.nn.Module,
@@ -271,7 +257,7 @@ def encode_support(
                     f"reference mask for class '{cls.name}' (label ids "
                     f"{list(cls.label_ids)}) is empty in this support volume",
                 )
-            ref_img, ref_mask = _crop_around(image, masks[m : m + 1], roi_size)
+            ref_img, ref_mask = crop_reference(image, masks[m : m + 1], roi_size)
             emb = net.encode_task(
                 convert_to_tensor(ref_img, track_meta=False)[None].float().to(device),
                 convert_to_tensor(ref_mask, track_meta=False)[None].float().to(device),

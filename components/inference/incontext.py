@@ -5,24 +5,22 @@
   embedding is computed once and shared by every window.
 * :func:`binarize` — threshold (MONAI ``AsDiscrete``) and optional largest connected component per
   mask channel (MONAI ``KeepLargestConnectedComponent``).
-* :func:`crop_reference` — a reference image/mask window centred on the label's bounding box,
-  padded where the volume is smaller than the window.
+
+Reference cropping is :mod:`components.inference.crop`; masks -> label maps :mod:`components.inference.labels`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import AsDiscrete, KeepLargestConnectedComponent
 from monai.utils import convert_to_tensor
 
-__all__ = ["InContextInferer", "binarize", "crop_reference", "reference_window", "fit_roi"]
+__all__ = ["InContextInferer", "binarize", "fit_roi"]
 
 DIVISOR = 16  # every window dim must be a multiple of this (4 poolings)
 MAX_WINDOW = 128  # size of the learnable positional embedding
@@ -193,81 +191,3 @@ def binarize(
         out.append(masks)
     result = torch.stack(out)
     return result if batched else result[0]
-
-
-def _label_channels(mask: torch.Tensor, labels: Sequence[int] | None) -> torch.Tensor:
-    """``[M, D, H, W]`` binary masks from masks or a label map ``[1, D, H, W]`` and label ids."""
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(0)
-    if mask.dim() != 4:
-        raise ValueError(f"reference mask must be [M, D, H, W] (or a label map [1, D, H, W]), got {tuple(mask.shape)}")
-    if labels is None:
-        return mask > 0
-    if mask.shape[0] != 1:
-        raise ValueError(f"labels=... needs a single-channel label map, got {mask.shape[0]} channels")
-    return torch.stack([mask[0] == int(v) for v in labels])
-
-
-def reference_window(
-    mask: torch.Tensor, roi_size: int | Sequence[int], labels: Sequence[int] | None = None
-) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Start (inside the volume) and extent of the window centred on the foreground bounding box.
-
-    The window is shifted to stay inside the volume; where the volume is smaller than the window the
-    start is 0 and the extent is the volume size (the rest is padding). Returns ``(start, extent)``.
-    """
-    fg = _label_channels(mask, labels)
-    roi = _triple(roi_size, "roi_size")
-    empty = [i for i in range(fg.shape[0]) if not bool(fg[i].any())]
-    if empty:
-        raise ValueError(f"reference mask channel(s) {empty} are empty: nothing to centre the reference on")
-    coords = torch.nonzero(fg.any(0))
-    lo, hi = coords.min(0).values.tolist(), coords.max(0).values.tolist()
-    size = fg.shape[1:]
-    start, extent = [], []
-    for lo_d, hi_d, r, s in zip(lo, hi, roi, size):
-        centre = (lo_d + hi_d + 1) / 2.0
-        begin = int(math.floor(centre - r / 2.0 + 0.5))
-        begin = min(max(begin, 0), max(s - r, 0))
-        start.append(begin)
-        extent.append(min(r, s))
-    return tuple(start), tuple(extent)  # type: ignore[return-value]
-
-
-def crop_reference(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    roi_size: int | Sequence[int] = MAX_WINDOW,
-    labels: Sequence[int] | None = None,
-    image_pad_value: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``image[1, D, H, W]`` and ``mask[M, D, H, W]`` (or a label map + ``labels``) to ``roi_size``.
-
-    The window is centred on the bounding box of all mask channels (kept inside the volume); dims
-    smaller than the window are padded symmetrically: the image with ``image_pad_value`` (default: its
-    minimum), the masks with 0. Returns ``(image_crop[1, *roi], masks[M, *roi] float {0, 1})``.
-    """
-    if image.dim() != 4:
-        raise ValueError(f"reference image must be [C, D, H, W], got {tuple(image.shape)}")
-    fg = _label_channels(mask, labels)
-    if fg.shape[1:] != image.shape[1:]:
-        raise ValueError(f"reference mask grid {tuple(fg.shape[1:])} differs from image grid {tuple(image.shape[1:])}")
-    roi = _triple(roi_size, "roi_size")
-    start, extent = reference_window(fg, roi)
-    box = tuple(slice(b, b + e) for b, e in zip(start, extent))
-    img = image[(slice(None),) + box]
-    msk = fg[(slice(None),) + box].to(torch.float32)
-    lost = [i for i in range(msk.shape[0]) if not bool(msk[i].any())]
-    if lost:
-        warnings.warn(
-            f"crop_reference: mask channel(s) {lost} fall outside the {roi} window around the labels", stacklevel=2
-        )
-    pad: list[int] = []
-    for e, r in zip(reversed(extent), reversed(roi)):  # F.pad order: last dim first
-        diff = r - e
-        pad.extend([diff // 2, diff - diff // 2])
-    if any(pad):
-        fill = float(image.min()) if image_pad_value is None else float(image_pad_value)
-        img = F.pad(img, pad, mode="constant", value=fill)
-        msk = F.pad(msk, pad, mode="constant", value=0.0)
-    return img, msk

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from components.io.maskset import MaskSet
+from components.io.naming import volume_stem
 
 __all__ = ["dice_table", "quality_summary", "evaluate_maskset", "evaluate_dir", "format_table", "main"]
 
@@ -115,13 +116,11 @@ def evaluate_dir(
     suffix: str = ".mset",
 ) -> list[dict[str, Any]]:
     """Evaluate ``<masks_dir>/<image stem><suffix>`` for every datalist entry that has a ``label``."""
-    from components.maskgen.workflow import case_name
-
     res = []
     for item in datalist:
         if not item.get("label"):
             continue
-        p = Path(masks_dir) / f"{case_name(item['image'])}{suffix}"
+        p = Path(masks_dir) / f"{volume_stem(item['image'])}{suffix}"
         if p.exists():
             res.append(evaluate_maskset(p, item["label"], threshold, names))
     return res
@@ -151,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--maskset", help="one mask-set file")
     ap.add_argument("--label", help="its ground-truth label map")
     ap.add_argument("--masks_dir", help="folder of mask sets (with --datalist)")
-    ap.add_argument("--datalist", help="datalist JSON / folder (see components.data.loading.build_datalist)")
+    ap.add_argument("--datalist", help="datalist JSON / folder (see components.data.datalist.build_datalist)")
     ap.add_argument("--section", default=None)
     ap.add_argument("--names", help="JSON mapping label id -> name")
     ap.add_argument("--threshold", type=float, default=0.4)
@@ -164,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.maskset and a.label:
         res = [evaluate_maskset(a.maskset, a.label, a.threshold, names)]
     elif a.masks_dir and a.datalist:
-        from components.data.loading import build_datalist
+        from components.data.datalist import build_datalist
 
         res = evaluate_dir(a.masks_dir, build_datalist(a.datalist, section=a.section), a.threshold, names)
     else:

@@ -31,21 +31,13 @@ import torch
 from monai.engines import Workflow
 
 from components.io.atomic import atomic_json
+from components.io.errors import root_cause
 from components.io.maskset import MaskSet, MaskSetError, write_maskset
+from components.io.naming import volume_stem
 
-__all__ = ["case_name", "parse_shard", "shard_datalist", "output_is_complete", "MaskGenWorkflow"]
+__all__ = ["parse_shard", "shard_datalist", "output_is_complete", "MaskGenWorkflow"]
 
 logger = logging.getLogger("mass.maskgen")
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """File name without volume suffix (``/d/case_01.nii.gz`` -> ``case_01``)."""
-    name = Path(str(path).rstrip("/")).name
-    for s in _SUFFIXES:
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return name
 
 
 def parse_shard(shard: str | None = None) -> tuple[int, int]:
@@ -157,7 +149,7 @@ class MaskGenWorkflow(Workflow):
 
     # ------------------------------------------------------------------ one volume
     def out_path(self, item: dict) -> Path:
-        return self.output_dir / f"{case_name(item['image'])}{self.suffix}"
+        return self.output_dir / f"{volume_stem(item['image'])}{self.suffix}"
 
     def _iteration(self, engine: Any, item: Any) -> dict:
         if isinstance(item, list) and len(item) == 1:
@@ -170,7 +162,7 @@ class MaskGenWorkflow(Workflow):
     def process(self, item: dict) -> dict:
         """Generate, post-process and write one volume; never raises for a bad volume."""
         image = str(item["image"])
-        case, out = case_name(image), self.out_path(item)
+        case, out = volume_stem(image), self.out_path(item)
         res: dict[str, Any] = {"case": case, "image": image, "output": str(out)}
         for stale in self.output_dir.glob(f".{out.name}.*.tmp"):  # partial write of a crashed run
             stale.unlink(missing_ok=True)
@@ -230,9 +222,7 @@ class MaskGenWorkflow(Workflow):
 
                 save_overlay(d["image"], ms, self.output_dir / "overlays" / f"{case}.png")
         except Exception as err:  # one bad volume never stops the others
-            e: BaseException = err
-            while isinstance(e, RuntimeError) and e.__cause__ is not None:  # unwrap MONAI's apply_transform
-                e = e.__cause__
+            e = root_cause(err)  # MONAI's apply_transform wraps errors in RuntimeError
             msg = str(e).splitlines()[0] if str(e) else ""
             reason = f"{type(e).__name__}: {msg}" if image in msg else f"{type(e).__name__}: {image}: {msg}"
             logger.debug("volume %s failed:\n%s", image, traceback.format_exc())

@@ -136,6 +136,33 @@ def infer_release_config(state: dict[str, torch.Tensor]) -> dict:
     return cfg
 
 
+def preset_of_checkpoint(path: str | os.PathLike, prefer_ema: bool = True, encoder_only: bool = False) -> str:
+    """Name of the network preset (:data:`components.network.nets.PRESETS`) the checkpoint was made with.
+
+    The checkpoint may be any container :func:`read_release_state_dict` reads (release, our pretraining
+    bundle's ``model``/``ema_model``, a bare state dict); the EMA weights are read first when
+    ``prefer_ema`` (same shapes as the plain ones). Encoder channels and blocks must match; so must
+    ``tn`` (task-prior tokens) and ``max_window`` (positional embedding) when the checkpoint holds
+    them, unless ``encoder_only`` (a frozen-encoder probe loads the encoder alone). Raises
+    ``ValueError`` (:class:`ReleaseCheckpointError`) when no preset fits.
+    """
+    from components.network.nets import PRESETS  # local import: network imports nothing from here
+
+    cfg = infer_release_config(read_release_state_dict(path, prefer_ema))
+    for name, preset in PRESETS.items():
+        if tuple(preset["channels"]) != tuple(cfg["channels"]) or tuple(preset["num_blocks"]) != tuple(
+            cfg["num_blocks"]
+        ):
+            continue
+        if encoder_only or all(cfg.get(k, preset[k]) == preset[k] for k in ("tn", "max_window")):
+            return name
+    extra = "" if encoder_only else f", tn {cfg.get('tn')}, max_window {cfg.get('max_window')}"
+    raise ReleaseCheckpointError(
+        f"{path}: weights (channels {list(cfg['channels'])}, blocks {list(cfg['num_blocks'])}{extra}) "
+        f"match no preset of {sorted(PRESETS)}"
+    )
+
+
 def _target_subset(state: dict[str, torch.Tensor], net: nn.Module) -> tuple[dict, list[str]]:
     """Pick the part of a full-model state dict that ``net`` consumes; returns (subset, ignored keys)."""
     from components.network.nets import FixedClassNet  # local import: network imports nothing from here

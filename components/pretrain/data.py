@@ -2,7 +2,8 @@
 
 1. :func:`pair_masksets` adds each volume's mask-set file (``"masks"`` key) to a datalist.
 2. :func:`prepare_volume` resamples the image to the target spacing, normalises intensities per
-   modality (CT: clip [-991, 500] HU; MR/PET: clip 2nd-98th percentile; then z-score) and resamples
+   modality (:mod:`components.data.intensity`: CT: clip [-991, 500] HU; MR/PET: clip 2nd-98th
+   percentile; then z-score) and resamples
    the masks (nearest neighbour, one bounding box at a time) onto the same grid. Results are cached on
    disk (``image.npy`` memory-mapped, ``masks.mset``, ``info.json``), keyed by the inputs and
    parameters, so later epochs and later runs never re-resample.
@@ -33,19 +34,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.transforms import ClipIntensityPercentiles, NormalizeIntensity, ScaleIntensityRange
 from torch.utils.data import Dataset, DistributedSampler
 
-from components.data.loading import VolumeError, load_volume
+from components.data.intensity import ModalityNormalize, guess_modality
+from components.data.loading import load_volume
+from components.io.errors import VolumeError
 from components.io.maskset import MaskSet, MaskSetError, SparseMask, write_maskset
+from components.io.naming import volume_stem
 from components.pretrain.views import TwoViewAugment
 
 __all__ = [
     "CACHE_VERSION",
-    "volume_stem",
     "pair_masksets",
-    "normalize_intensity",
-    "guess_modality",
     "prepare_volume",
     "prepare_volumes",
     "MaskPretrainDataset",
@@ -54,17 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
-CT_CLIP = (-991.0, 500.0)
-PERCENTILES = (2.0, 98.0)
-
-
-def volume_stem(path: str | os.PathLike) -> str:
-    """File name without its volume suffix (``/d/case1.nii.gz`` -> ``case1``)."""
-    name = Path(path).name
-    for suf in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mset"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
 
 
 def pair_masksets(
@@ -82,21 +71,6 @@ def pair_masksets(
             d["masks"] = str(p) if p.exists() else None
         out.append(d)
     return out
-
-
-def guess_modality(image: torch.Tensor) -> str:
-    """``"CT"`` when the volume holds Hounsfield-like air values (min <= -500), else ``"MR"``."""
-    return "CT" if float(torch.as_tensor(image).min()) <= -500.0 else "MR"
-
-
-def normalize_intensity(image: torch.Tensor, modality: str) -> torch.Tensor:
-    """CT: clip to [-991, 500]; MR/PET (anything else): clip to the 2nd-98th percentile; then z-score."""
-    if modality.upper() == "CT":
-        lo, hi = CT_CLIP
-        x = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True)(image)
-    else:
-        x = ClipIntensityPercentiles(lower=PERCENTILES[0], upper=PERCENTILES[1])(image)
-    return torch.as_tensor(NormalizeIntensity()(x), dtype=torch.float32)
 
 
 def _file_sig(path: str | None) -> list[Any]:
@@ -161,7 +135,7 @@ def prepare_volume(
     modality = str(item.get("modality") or guess_modality(native))
     vol = load_volume(image, spacing=spacing) if spacing is not None else native
     new_affine, new_shape = np.asarray(vol.affine, dtype=np.float64), tuple(int(s) for s in vol.shape[1:])
-    arr = normalize_intensity(vol, modality)[0].numpy()
+    arr = ModalityNormalize(modality)(vol)[0].numpy()
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))

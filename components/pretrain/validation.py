@@ -20,8 +20,9 @@ import torch
 from monai.transforms import CropForegroundd, ResizeWithPadOrCropd
 from torch.utils.data import Dataset
 
-from components.data.loading import VolumeError, load_volume
-from components.pretrain.data import guess_modality, normalize_intensity
+from components.data.intensity import ModalityNormalize
+from components.data.loading import load_volume
+from components.io.errors import VolumeError
 
 __all__ = ["LabelPairDataset"]
 
@@ -35,7 +36,7 @@ def _load(image: str, label: str, spacing: Sequence[float] | None, roi: Sequence
         lab = ResampleToMatch(mode="nearest")(lab, img)
     if tuple(lab.shape) != tuple(img.shape):
         raise VolumeError(label, f"label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
-    x = normalize_intensity(img, modality or guess_modality(img))
+    x = ModalityNormalize(modality)(img)  # modality None: guessed from the image
     d = {"image": x, "label": torch.as_tensor(lab).round().to(torch.int32)}
     d = CropForegroundd(["image", "label"], source_key="label", allow_smaller=True)(d)
     d = ResizeWithPadOrCropd(["image", "label"], spatial_size=tuple(roi), value=float(x.min()))(d)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from components.data.loading import VolumeError
+from components.io.errors import VolumeError
 
 SPLIT_ALIASES = {
     "train": "train",

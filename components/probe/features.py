@@ -1,4 +1,4 @@
-"""Frozen-encoder probe: encoder loading, modality-aware normalisation, cached feature extraction.
+"""Frozen-encoder probe: encoder loading and cached feature extraction.
 
 Flow (frozen mode): every datalist image is preprocessed once (RAS, encoder spacing, intensity
 normalisation, fixed size), passed through the frozen encoder, and its deepest feature map
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import ClipIntensityPercentiles, MapTransform, NormalizeIntensity, ScaleIntensityRange
+from monai.transforms import MapTransform
 from torch import nn
 
-from components.data.loading import VolumeError
 from components.io.atomic import atomic_write
+from components.io.errors import VolumeError, error_message
 from components.network.blocks import Encoder
 from components.network.nets import preset_config
 from components.network.release_checkpoint import infer_release_config, load_release_checkpoint, read_release_state_dict
@@ -63,21 +62,6 @@ def build_encoder(
     return encoder
 
 
-def preset_of_checkpoint(path: str | os.PathLike, prefer_ema: bool = True) -> str:
-    """Name of the network preset whose encoder matches the checkpoint's (``ValueError`` if none)."""
-    from components.network.nets import PRESETS
-
-    cfg = infer_release_config(read_release_state_dict(path, prefer_ema))
-    for name, preset in PRESETS.items():
-        if tuple(preset["channels"]) == tuple(cfg["channels"]) and tuple(preset["num_blocks"]) == tuple(
-            cfg["num_blocks"]
-        ):
-            return name
-    raise ValueError(
-        f"{path}: encoder channels {cfg['channels']} / blocks {cfg['num_blocks']} match no preset ({sorted(PRESETS)})"
-    )
-
-
 def encoder_fingerprint(encoder: nn.Module) -> str:
     """SHA-256 of the encoder's state dict (names, shapes, dtypes and bytes)."""
     h = hashlib.sha256()
@@ -86,44 +70,6 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-# -- intensity ---------------------------------------------------------------------------------
-
-
-class ModalityNormalized(MapTransform):
-    """Per-row modality-aware intensity normalisation (the pretraining recipe).
-
-    CT: clip to ``ct_window`` HU, then z-score. MR/PET: clip to the ``percentiles`` of the volume,
-    then z-score. The modality is read from ``data[modality_key]`` (``default`` when absent).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        modality_key: str = "modality",
-        default: str = "MR",
-        ct_window: Sequence[float] = (-991.0, 500.0),
-        percentiles: Sequence[float] = (2.0, 98.0),
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.modality_key = modality_key
-        self.default = default
-        lo, hi = (float(v) for v in ct_window)
-        self.ct_clip = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True)
-        self.mr_clip = ClipIntensityPercentiles(lower=float(percentiles[0]), upper=float(percentiles[1]))
-        self.zscore = NormalizeIntensity()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        modality = str(d.get(self.modality_key) or self.default).upper()
-        if modality not in ("CT", "MR", "MRI", "PET"):
-            raise ValueError(f"unknown modality {modality!r} (expected CT, MR or PET)")
-        for key in self.key_iterator(d):
-            clip = self.ct_clip if modality == "CT" else self.mr_clip
-            d[key] = self.zscore(clip(d[key]))
-        return d
 
 
 # -- feature cache -----------------------------------------------------------------------------
@@ -137,16 +83,6 @@ class LoadFeatured(MapTransform):
         for key in self.key_iterator(d):
             d[key] = torch.load(d[key], map_location="cpu", weights_only=True)
         return d
-
-
-def root_cause(err: BaseException) -> str:
-    """The most specific message in an exception chain (MONAI's Compose wraps errors in RuntimeError)."""
-    found, e = err, err
-    while e is not None:
-        if isinstance(e, VolumeError):
-            return str(e)
-        found, e = e, e.__cause__
-    return f"{type(found).__name__}: {found}"
 
 
 def _save_tensor(tensor: torch.Tensor, path: str) -> None:
@@ -240,8 +176,8 @@ class FeatureCache:
                 if not target.exists():
                     pending.append((target, self._image(item)))
             except (VolumeError, OSError, RuntimeError, ValueError) as e:
-                errors.append(f"{where}: {root_cause(e)}")
-                logger.error("skipping %s: %s", where, root_cause(e))
+                errors.append(f"{where}: {error_message(e)}")
+                logger.error("skipping %s: %s", where, error_message(e))
                 continue
             out.append({**dict(item), self.image_key: str(target), "source": str(item[self.image_key])})
             if len(pending) >= self.batch_size:

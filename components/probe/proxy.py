@@ -33,6 +33,7 @@ from monai.transforms import BorderPad, SpatialCrop
 
 from components.data.loading import load_transforms
 from components.io.atomic import atomic_json, atomic_write
+from components.io.naming import volume_stem
 
 STRUCTURES: dict[str, list[int]] = {
     "ventricles": [4, 43],
@@ -115,7 +116,7 @@ def build_proxy_task(
         image_p = pad(image - fill) + fill  # pad with the volume minimum (background)
         label_p = pad(label)
         lab_np = label[0].numpy().astype(np.int32)
-        name = Path(vol["image"]).name.split(".")[0]
+        name = volume_stem(vol["image"])
         split = vol.get("split", "train")
         n = per_class[split] if isinstance(per_class, Mapping) else int(per_class)
         for cls, ids in structures.items():

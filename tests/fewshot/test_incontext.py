@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from components.data.loading import VolumeError
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
 from components.fewshot.tasks import (
@@ -22,6 +21,7 @@ from components.fewshot.tasks import (
     parse_classes,
     sample_support,
 )
+from components.io.errors import VolumeError
 
 SPACING = (3.0, 3.0, 3.0)
 ROI = (64, 64, 64)

@@ -12,6 +12,7 @@ from components.network.release_checkpoint import (
     ReleaseCheckpointError,
     load_release_checkpoint,
     network_from_release_checkpoint,
+    preset_of_checkpoint,
     read_release_state_dict,
 )
 
@@ -126,3 +127,35 @@ def test_mismatched_checkpoint_lists_keys_and_shapes(tmp_path, tiny_state):
     assert "unexpected keys (1): decoder.extra.weight" in text
     assert "encoder.inc.conv1.weight: checkpoint [5, 1, 3, 3, 3] vs network [4, 1, 3, 3, 3]" in text
     assert err.value.missing == ["out.norm.bias"]
+
+
+@pytest.mark.parametrize("container", ["model", "ema_model", "ema_state_dict", "bare", "pretrain_bundle"])
+def test_preset_of_checkpoint_reads_every_container(tmp_path, tiny_state, container):
+    if container == "bare":
+        payload: dict = dict(tiny_state)
+    elif container == "pretrain_bundle":  # our mass_pretrain model.pt: {"model", "ema_model"}
+        payload = {"model": dict(tiny_state), "ema_model": dict(tiny_state)}
+    else:
+        payload = {container: {f"module.{k}": v for k, v in tiny_state.items()}}
+    torch.save(payload, tmp_path / "c.pt")
+    assert preset_of_checkpoint(tmp_path / "c.pt") == "tiny"
+
+
+def test_preset_of_checkpoint_prefers_ema_and_checks_the_whole_network(tmp_path, tiny_state, reference):
+    assert preset_of_checkpoint(reference["ckpt"]) == "small"
+    small = build_network("small").state_dict()
+    torch.save({"model": small, "ema_model": tiny_state}, tmp_path / "both.pt")
+    assert preset_of_checkpoint(tmp_path / "both.pt") == "tiny"
+    assert preset_of_checkpoint(tmp_path / "both.pt", prefer_ema=False) == "small"
+    # same encoder as "tiny" but 7 task-prior tokens: not the tiny network, though its encoder is
+    torch.save(build_network("tiny", tn=7).state_dict(), tmp_path / "tn7.pt")
+    with pytest.raises(ReleaseCheckpointError, match="tn 7.*match no preset"):
+        preset_of_checkpoint(tmp_path / "tn7.pt")
+    assert preset_of_checkpoint(tmp_path / "tn7.pt", encoder_only=True) == "tiny"
+    # an encoder-only state dict (what a probe may save) is matched on the encoder
+    torch.save({k: v for k, v in tiny_state.items() if k.startswith("encoder.")}, tmp_path / "enc.pt")
+    assert preset_of_checkpoint(tmp_path / "enc.pt") == "tiny"
+    wider = build_network("tiny", channels=(4, 8, 16, 32, 96)).state_dict()
+    torch.save(wider, tmp_path / "wider.pt")
+    with pytest.raises(ValueError, match="match no preset"):
+        preset_of_checkpoint(tmp_path / "wider.pt", encoder_only=True)
