@@ -253,6 +253,13 @@ class MaskPretrainDataset(Dataset):
         augment: :class:`TwoViewAugment` or its keyword arguments.
         seed: base seed; sample ``i`` uses the generator seeded with ``(seed, i)``.
         length: ``len()`` for use without :class:`TwoViewSampler` (default: 100 per volume).
+        sampling: ``"release"`` (the default, as released): ``min(max_masks, n)`` masks drawn uniformly
+            without replacement from all usable masks of the volume, anchor uniform over the volume, no
+            visibility check, so empty target channels occur and count; ``"visible"``: the anchor lies in
+            a random mask and only masks with ``min_view_voxels`` in both views are used (fewer empty
+            channels, padded channels marked invalid).
+        ones_mask_prob: probability that one randomly chosen mask channel is replaced by an
+            all-foreground mask in both views before augmentation (a whole-window task; release: 1).
     """
 
     def __init__(
@@ -269,7 +276,14 @@ class MaskPretrainDataset(Dataset):
         augment: TwoViewAugment | Mapping[str, Any] | None = None,
         seed: int = 0,
         length: int | None = None,
+        sampling: str = "release",
+        ones_mask_prob: float = 1.0,
     ) -> None:
+        if sampling not in ("release", "visible"):
+            raise ValueError(f"MaskPretrainDataset: sampling must be 'release' or 'visible', got {sampling!r}")
+        if not 0.0 <= float(ones_mask_prob) <= 1.0:
+            raise ValueError(f"MaskPretrainDataset: ones_mask_prob must be in [0, 1], got {ones_mask_prob}")
+        self.sampling, self.ones_mask_prob = sampling, float(ones_mask_prob)
         self.volumes = prepare_volumes(data, cache_dir, spacing, min_mask_voxels)
         if not self.volumes:
             raise ValueError(f"no usable volume among {len(data)} datalist entries (see warnings above)")
@@ -310,6 +324,64 @@ class MaskPretrainDataset(Dataset):
         image, ms = self._volume(v)
         usable = np.asarray(info["usable"])
         shape = np.asarray(image.shape)
+        if self.sampling == "release":
+            codes_ref, codes_qry, n, s_ref, s_qry = self._release_codes(rng, ms, usable, shape)
+        else:
+            codes_ref, codes_qry, n, s_ref, s_qry = self._visible_codes(rng, ms, usable, shape)
+        if self.ones_mask_prob > 0 and rng.random() < self.ones_mask_prob:
+            n = max(n, 1)  # nothing drawn: the whole-window task alone
+            bit = float(1 << int(rng.integers(n)))
+            for codes in (codes_ref, codes_qry):  # set that channel's bit everywhere
+                has = np.floor(codes / bit) % 2 == 1
+                codes += np.where(has, 0.0, bit).astype(np.float32)
+        pad = float(info["pad_value"])
+        ctx = self.context
+        img_ref = torch.from_numpy(_box_read(image, s_ref, ctx, pad))[None]
+        img_qry = torch.from_numpy(_box_read(image, s_qry, ctx, pad))[None]
+        self.augment.set_random_state(seed=int(rng.integers(2**31 - 1)))
+        out = self.augment.from_codes(
+            img_ref, torch.from_numpy(codes_ref)[None], img_qry, torch.from_numpy(codes_qry)[None], n
+        )
+        m = self.max_masks
+        valid = torch.zeros(m, dtype=torch.bool)
+        if self.sampling == "release":
+            valid[:n] = True  # empty channels are targets too, as released
+        else:
+            valid[:n] = out["ref_masks"].flatten(1).sum(1) >= self.min_view_voxels
+        sample: dict[str, Any] = {
+            "volume": v,
+            "index": int(index),
+            "valid": valid,
+            "ref_box": torch.as_tensor(s_ref),
+            "query_box": torch.as_tensor(s_qry),
+        }
+        for k in ("ref", "query"):
+            masks = torch.zeros((m, *self.crop_size), dtype=torch.bool)
+            masks[:n] = out[f"{k}_masks"]
+            sample[f"{k}_masks"] = masks
+            sample[f"{k}_image"] = out[f"{k}_image"]
+            sample[f"{k}_affine"] = out[f"{k}_affine"]
+        return sample
+
+    def _release_codes(
+        self, rng: np.random.Generator, ms: MaskSet, usable: np.ndarray, shape: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+        """Anchor uniform over the volume; masks uniform over all usable ones, pasted wherever they fall."""
+        anchor = np.array([rng.integers(int(d)) for d in shape])
+        s_ref, s_qry = self._starts(rng, anchor, shape)
+        chosen = rng.choice(usable, size=min(self.max_masks, len(usable)), replace=False)
+        codes_ref = np.zeros(tuple(self.context), np.float32)
+        codes_qry = np.zeros(tuple(self.context), np.float32)
+        for n, c in enumerate(chosen):
+            bb, crop = ms.crop(int(c))
+            _paste(codes_ref, s_ref, bb, crop, float(1 << n))
+            _paste(codes_qry, s_qry, bb, crop, float(1 << n))
+        return codes_ref, codes_qry, len(chosen), s_ref, s_qry
+
+    def _visible_codes(
+        self, rng: np.random.Generator, ms: MaskSet, usable: np.ndarray, shape: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+        """Anchor inside a random mask; masks kept only when both views show ``min_view_voxels`` of them."""
         first = int(rng.choice(usable))
         bb0, crop0 = ms.crop(first)
         pts = np.argwhere(crop0)
@@ -345,30 +417,7 @@ class MaskPretrainDataset(Dataset):
             codes_ref += tmp_r
             codes_qry += tmp_q
             n += 1
-        pad = float(info["pad_value"])
-        img_ref = torch.from_numpy(_box_read(image, s_ref, ctx, pad))[None]
-        img_qry = torch.from_numpy(_box_read(image, s_qry, ctx, pad))[None]
-        self.augment.set_random_state(seed=int(rng.integers(2**31 - 1)))
-        out = self.augment.from_codes(
-            img_ref, torch.from_numpy(codes_ref)[None], img_qry, torch.from_numpy(codes_qry)[None], n
-        )
-        m = self.max_masks
-        valid = torch.zeros(m, dtype=torch.bool)
-        valid[:n] = out["ref_masks"].flatten(1).sum(1) >= self.min_view_voxels
-        sample: dict[str, Any] = {
-            "volume": v,
-            "index": int(index),
-            "valid": valid,
-            "ref_box": torch.as_tensor(s_ref),
-            "query_box": torch.as_tensor(s_qry),
-        }
-        for k in ("ref", "query"):
-            masks = torch.zeros((m, *self.crop_size), dtype=torch.bool)
-            masks[:n] = out[f"{k}_masks"]
-            sample[f"{k}_masks"] = masks
-            sample[f"{k}_image"] = out[f"{k}_image"]
-            sample[f"{k}_affine"] = out[f"{k}_affine"]
-        return sample
+        return codes_ref, codes_qry, n, s_ref, s_qry
 
 
 class TwoViewSampler(DistributedSampler):

@@ -111,7 +111,32 @@ def dataset(demo_masks, tmp_path_factory):
         context_margin=8,
         max_masks=6,
         augment={"weak": {"affine_prob": 1.0}},
+        sampling="visible",
+        ones_mask_prob=0.0,
     )
+
+
+def test_release_sampling_draws_from_all_masks_with_one_whole_window_channel(dataset, demo_masks, tmp_path):
+    """Release mode: min(M, n) channels, all valid (empty targets included), one all-foreground channel."""
+    data = pair_masksets([{"image": str(DEMO / "colin27_t1.nii.gz"), "modality": "MR"}], demo_masks)
+    cache = dataset.volumes[0]["image_npy"].rsplit("/", 2)[0]
+    common = dict(spacing=(3.0, 3.0, 3.0), crop_size=(32, 32, 32), context_margin=8, max_masks=6)
+    release = MaskPretrainDataset(data, cache, augment={"spatial": False, "appearance": False}, **common)
+    assert release.sampling == "release" and release.ones_mask_prob == 1.0  # the defaults, as released
+    empty_seen = 0
+    for index in range(12):
+        s = release[index]
+        assert s["valid"].all()  # the volume has far more than 6 masks
+        full = s["ref_masks"].flatten(1).all(1) & s["query_masks"].flatten(1).all(1)
+        assert int(full.sum()) >= 1  # the whole-window task (without a warp it fills both windows)
+        empty_seen += int((s["query_masks"].flatten(1).sum(1) == 0).sum())
+    assert empty_seen > 0  # masks are not required to be visible: empty target channels occur
+    plain = MaskPretrainDataset(
+        data, cache, augment={"spatial": False, "appearance": False}, ones_mask_prob=0.0, **common
+    )
+    assert not any(bool(plain[i]["ref_masks"].flatten(1).all(1).any()) for i in range(6))
+    with pytest.raises(ValueError, match="sampling"):
+        MaskPretrainDataset(data, cache, sampling="anchor", **common)
 
 
 def test_sample_views_share_mask_geometry_on_real_volume(dataset):
