@@ -14,25 +14,29 @@ mkdir -p "$OUT"
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
+# Every stage runs the same way: from inside its bundle folder, `python -m monai.bundle run` with the
+# stage's config plus the bundle's demo override configs/demo.json; only the output paths come from here.
+run_bundle() {  # run_bundle BUNDLE CONFIG [--id value ...]
+  local bundle=$1 config=$2; shift 2
+  (cd "bundles/$bundle" && "$ROOT/$PY" -m monai.bundle run --config_file "['configs/$config','configs/demo.json']" \
+    --logging_file configs/logging.conf "$@")
+}
+ROOT=$PWD
+
 stage "1/4 mass_maskgen: SLIC masks for every demo volume -> $OUT/masks"
-$PY -m monai.bundle run --config_file bundles/mass_maskgen/configs/inference.json \
-  --bundle_root bundles/mass_maskgen --dataset_dir "$DEMO" --output_dir "$OUT/masks"
+run_bundle mass_maskgen inference.json --dataset_dir "$DEMO" --output_dir "$OUT/masks"
 
 stage "2/4 mass_pretrain: in-context pretraining (tiny preset, 3 mm, 32^3 crops) -> $OUT/pretrain"
-(cd bundles/mass_pretrain && ../../$PY -m monai.bundle run --config_file configs/train.json \
-  --logging_file configs/logging.conf --dataset_dir "$DEMO" --datalist "$DEMO/datalist.json" --mask_dir "$OUT/masks" \
-  --output_dir "$OUT/pretrain" --ckpt_dir "$OUT/pretrain/models" \
-  --preset tiny --spacing "[3.0,3.0,3.0]" --crop_size "[32,32,32]" --context_margin 8 --max_masks 6 \
-  --min_view_voxels 200 --lr 0.005 --loss#bce_weight 0.0 --aug_magnitude small --batch_size 2 \
-  --num_workers 0 --iters_per_epoch 50 --max_epochs 6 --num_val_samples 8 --val_at_start False \
-  --progress_bar False)
+run_bundle mass_pretrain train.json --dataset_dir "$DEMO" --mask_dir "$OUT/masks" \
+  --output_dir "$OUT/pretrain" --ckpt_dir "$OUT/pretrain/models"
 
 stage "3/4 mass_fewshot: IC and FT at 1 shot, scratch vs pretrained -> $OUT/fewshot"
-$PY -m components.fewshot.sweep --config bundles/mass_fewshot/configs/sweep.json \
-  --out_dir "$OUT/fewshot" --pretrained "$OUT/pretrain/models/model.pt"
+run_bundle mass_fewshot sweep.json --dataset_dir "$DEMO" --output_dir "$OUT/fewshot" \
+  --pretrained "$OUT/pretrain/models/model.pt"
 
 stage "4/4 mass_probe: frozen-encoder proxy classification, pretrained vs scratch -> $OUT/probe"
-$PY -m components.probe.proxy demo --pretrained "$OUT/pretrain/models/model.pt" --out_dir "$OUT/probe" \
+# several bundle runs (pretrained-frozen, random-frozen, scratch; two data fractions) on the proxy task
+$PY scripts/probe_demo.py demo --pretrained "$OUT/pretrain/models/model.pt" --out_dir "$OUT/probe" \
   --spacing 3.0 --fractions 0.3,1.0
 
 stage "done"

@@ -17,10 +17,12 @@ initialisation file (tag and field ``init_sha256``): after retraining, the runs 
 initialisation are done again, and the report reads the newest run of each key. A failing run is recorded (status FAILED,
 error in ``error.txt``) and the others go on.
 
-Command line (``python -m components.fewshot.sweep --help``)::
+Run it as the bundle config ``configs/sweep.json`` of ``mass_fewshot`` (every option is a config id;
+:func:`sweep_and_report` is its ``run`` entry)::
 
-    python -m components.fewshot.sweep --config bundles/mass_fewshot/configs/sweep.json \
-        --out_dir demo_output/fewshot --pretrained demo_output/pretrain/models/model.pt
+    cd bundles/mass_fewshot
+    python -m monai.bundle run --config_file configs/sweep.json --logging_file configs/logging.conf \
+        --dataset_dir /data/brains --pretrained /models/mass_pretrain.pt --sweep_shots "[1,5]"
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from components.fewshot.tasks import encode_support, load_split, parse_classes, 
 from components.io.atomic import atomic_json
 from components.network.release_checkpoint import preset_of_checkpoint
 
-__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "main"]
+__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "sweep_and_report"]
 
 logger = logging.getLogger(__name__)
 EXPERIMENT = "mass_fewshot"
@@ -271,65 +273,43 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
 
 
-def load_sweep_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-    """Sweep JSON with relative paths resolved against its folder, then ``overrides`` (None = keep)."""
-    path = Path(path).resolve()
-    cfg = json.loads(path.read_text())
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    base = path.parent
-    for key in ("split_file", "bundle_dir"):
-        if cfg.get(key) and not os.path.isabs(cfg[key]):
-            cfg[key] = str((base / cfg[key]).resolve())
-    if isinstance(cfg.get("classes"), str) and not os.path.isabs(cfg["classes"]):
-        cfg["classes"] = str((base / cfg["classes"]).resolve())
-    return cfg
-
-
-def main(
-    config: str = "bundles/mass_fewshot/configs/sweep.json",
-    out_dir: str = "demo_output/fewshot",
-    pretrained: str | None = None,
-    release: str | None = None,
+def sweep_and_report(
+    sweep: Mapping[str, Any],
+    output_dir: str | os.PathLike,
+    pretrained: str | os.PathLike | None = None,
+    release: str | os.PathLike | None = None,
     tracking_uri: str | None = None,
-    shots: Sequence[int] | None = None,
-    seeds: Sequence[int] | None = None,
-    modes: Sequence[str] | None = None,
-    preset: str | None = None,
-    split_file: str | None = None,
+    preset_from_checkpoint: bool = True,
     report: bool = True,
-) -> None:
-    """Run the sweep of ``config`` into ``out_dir`` and write the report; prints and returns its path.
+) -> dict[str, Any]:
+    """Entry of the bundle config ``configs/sweep.json``: run the sweep ``sweep`` into ``output_dir``,
+    then (``report``) write the report; returns the sweep status (plus ``report``, its path).
 
-    ``pretrained``/``release``: checkpoint files adding the inits "pretrained" (our mass_pretrain
-    model.pt) / "release" (authors' container); without them only the config's inits run.
+    ``sweep``: the keys of :func:`run_sweep` (``classes``, ``split_file``, ``shots``, ``seeds``, ``modes``,
+    ``inits``, ...). ``pretrained``/``release``: checkpoint files adding the inits "pretrained" (our
+    mass_pretrain model.pt) / "release" (authors' container); empty: that init is not run; a missing
+    file fails its runs (recorded, the others go on). ``preset_from_checkpoint``: the preset of the first
+    existing file among them replaces ``sweep["preset"]``.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_sweep_config(config, shots=shots, seeds=seeds, modes=modes, preset=preset, split_file=split_file)
-    inits = dict(cfg.get("inits", {"scratch": None}))
-    if pretrained:
-        inits["pretrained"] = str(Path(pretrained).resolve())
-    if release:
-        inits["release"] = str(Path(release).resolve())
+    cfg = dict(sweep)
+    inits = dict(cfg.get("inits") or {"scratch": None})
+    for name, path in (("pretrained", pretrained), ("release", release)):
+        if path:
+            inits[name] = str(Path(path).resolve())
     cfg["inits"] = inits
-    given = [p for p in (pretrained, release) if p and os.path.isfile(p)]
-    if preset is None and given:
+    given = [str(p) for p in (pretrained, release) if p and os.path.isfile(p)]
+    if preset_from_checkpoint and given:
         found = preset_of_checkpoint(given[0])
-        if found != cfg["preset"]:
-            logger.info("preset %s taken from the checkpoint (config said %s)", found, cfg["preset"])
+        if found != cfg.get("preset"):
+            logger.info("preset %s taken from %s (config said %s)", found, given[0], cfg.get("preset"))
         cfg["preset"] = found
-    status = run_sweep(cfg, out_dir, tracking_uri)
+    status = run_sweep(cfg, output_dir, tracking_uri)
     for key, s in status["runs"].items():
-        print(f"{key}: {s}")
-    if not report:
-        return
-    from components.fewshot.report import write_report
+        logger.info("%s: %s", key, s)
+    if report:
+        from components.fewshot.report import write_report
 
-    path = write_report(status["tracking_uri"], status["experiment"], out_dir)
-    print(f"MLflow runs: mlflow ui --backend-store-uri {status['tracking_uri']}")
-    print(f"Few-shot report: {path}")
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)
+        status["report"] = str(write_report(status["tracking_uri"], status["experiment"], output_dir))
+        logger.info("MLflow runs: mlflow ui --backend-store-uri %s", status["tracking_uri"])
+        logger.info("few-shot report: %s", status["report"])
+    return status

@@ -5,18 +5,18 @@ whether some mask reaches Dice >= ``threshold`` (0.4). Per volume: the mean best
 labels with a mask at Dice >= threshold, the mean Dice over all overlapping (mask, label) pairs and
 the share of those pairs at Dice >= threshold.
 
-Command line::
+Command line (``fire``; ``python -m components.maskgen.quality --help``)::
 
     python -m components.maskgen.quality --maskset out/colin27_t1.mset --label data/demo/colin27_seg.nii.gz \\
-        [--names data/demo/labels.json] [--out quality.json]
+        [--names data/demo/labels.json] [--threshold 0.4] [--top 10] [--out quality.json]
     python -m components.maskgen.quality --masks_dir out --datalist data/demo/datalist.json --section mri
+
+It prints one Markdown table per volume and writes the full results as JSON with ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,36 +145,50 @@ def format_table(res: dict[str, Any], top: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.maskgen.quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--maskset", help="one mask-set file")
-    ap.add_argument("--label", help="its ground-truth label map")
-    ap.add_argument("--masks_dir", help="folder of mask sets (with --datalist)")
-    ap.add_argument("--datalist", help="datalist JSON / folder (see components.data.datalist.build_datalist)")
-    ap.add_argument("--section", default=None)
-    ap.add_argument("--names", help="JSON mapping label id -> name")
-    ap.add_argument("--threshold", type=float, default=0.4)
-    ap.add_argument("--top", type=int, default=None, help="print only the best N labels per volume")
-    ap.add_argument("--out", help="write the full results as JSON")
-    a = ap.parse_args(argv)
-    names = json.loads(Path(a.names).read_text()) if a.names else None
-    if isinstance(names, dict):
-        names = {str(k): (v if isinstance(v, str) else str(v)) for k, v in names.items()}
-    if a.maskset and a.label:
-        res = [evaluate_maskset(a.maskset, a.label, a.threshold, names)]
-    elif a.masks_dir and a.datalist:
+def main(
+    maskset: str | None = None,
+    label: str | None = None,
+    masks_dir: str | None = None,
+    datalist: str | None = None,
+    section: str | None = None,
+    names: str | None = None,
+    threshold: float = 0.4,
+    top: int | None = None,
+    out: str | None = None,
+) -> list[dict[str, Any]]:
+    """Score mask sets against label maps; prints a table per volume, returns (and with ``out`` writes) the results.
+
+    Args:
+        maskset: one mask-set file (with ``label``, its ground-truth label map).
+        label: the label map of ``maskset``.
+        masks_dir: folder of mask sets (with ``datalist``).
+        datalist: datalist JSON / folder (see ``components.data.datalist.build_datalist``) with labels.
+        section: datalist section (default: every entry).
+        names: JSON file mapping label id -> name.
+        threshold: Dice a mask must reach to count as found (paper: 0.4).
+        top: print only the best ``top`` labels per volume.
+        out: write the full results as JSON.
+    """
+    label_names = json.loads(Path(names).read_text()) if names else None
+    if isinstance(label_names, dict):
+        label_names = {str(k): (v if isinstance(v, str) else str(v)) for k, v in label_names.items()}
+    if maskset and label:
+        res = [evaluate_maskset(maskset, label, threshold, label_names)]
+    elif masks_dir and datalist:
         from components.data.datalist import build_datalist
 
-        res = evaluate_dir(a.masks_dir, build_datalist(a.datalist, section=a.section), a.threshold, names)
+        res = evaluate_dir(masks_dir, build_datalist(datalist, section=section), threshold, label_names)
     else:
-        ap.error("give --maskset and --label, or --masks_dir and --datalist")
+        raise ValueError("give --maskset and --label, or --masks_dir and --datalist")
     for r in res:
-        print(format_table(r, a.top))
+        print(format_table(r, top))
         print()
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
-    return 0
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import fire
+
+    fire.Fire(main, serialize=lambda _: None)

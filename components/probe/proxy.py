@@ -9,10 +9,11 @@ labelled with that structure. Default classes (FreeSurfer ids): ventricles (4, 4
 
 Outputs in ``out_dir``: ``crops/*.nii.gz`` (int16), ``datalist.csv`` (multiclass: ``image, label,
 modality, split, volume``) and ``datalist_multilabel.csv`` (one 0/1 column per structure: present
-with at least ``presence_voxels`` voxels in the crop).
+with at least ``presence_voxels`` voxels in the crop), and ``classes.json`` (``{"classes": [...]}``, what
+the bundle's ``configs/train.json`` reads beside its datalist).
 
-CLI: ``python -m components.probe.proxy build --out_dir runs/probe_proxy`` and
-``python -m components.probe.proxy demo --pretrained <weights>`` (see the bundle README).
+:func:`run_bundle` runs the ``mass_probe`` bundle's training config in this process. The repository's
+demo driver (the demo's volumes, pretrained-frozen vs baselines) is ``scripts/probe_demo.py``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from monai.transforms import BorderPad, SpatialCrop
 
 from components.data.loading import load_transforms
@@ -41,18 +39,6 @@ STRUCTURES: dict[str, list[int]] = {
     "cerebellum": [7, 8, 46, 47],
     "brain_stem": [16],
 }
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_VOLUMES = [  # (image, label, split) in data/demo: a different scan per split
-    ("colin27_t1.nii.gz", "colin27_seg.nii.gz", "train"),  # Colin27 average, whole head
-    ("itk_t1.nii.gz", "itk_seg.nii.gz", "val"),  # individual scan, whole head, 2x2x3 mm
-    ("mni152_t1.nii.gz", "mni152_seg.nii.gz", "test"),  # MNI152 2009a, skull-stripped
-]
-
-
-def demo_volumes(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
-    """The three labelled brain MRIs of ``data/demo`` with their split."""
-    root = Path(data_dir) if data_dir else REPO_ROOT / "data" / "demo"
-    return [{"image": str(root / i), "label": str(root / s), "split": sp} for i, s, sp in DEMO_VOLUMES]
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -84,7 +70,7 @@ def crop_centres(
 
 def build_proxy_task(
     out_dir: str | os.PathLike,
-    volumes: Sequence[Mapping[str, str]] | None = None,
+    volumes: Sequence[Mapping[str, str]],
     structures: Mapping[str, Sequence[int]] | None = None,
     crop_size: Sequence[int] = (32, 32, 32),
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
@@ -95,12 +81,12 @@ def build_proxy_task(
 ) -> Path:
     """Write the crops and datalists; returns the path of ``datalist.csv``.
 
-    ``volumes``: ``[{"image", "label", "split"}]`` (default: :func:`demo_volumes`). ``per_class``:
+    ``volumes``: ``[{"image", "label", "split"}]`` (labelled volumes). ``per_class``:
     crops per structure and volume, an int or a mapping split -> int.
     """
     out = Path(out_dir)
     (out / "crops").mkdir(parents=True, exist_ok=True)
-    volumes = list(volumes or demo_volumes())
+    volumes = list(volumes)
     structures = dict(structures or STRUCTURES)
     size = np.asarray(crop_size, dtype=int)
     rng = np.random.default_rng(seed)
@@ -163,20 +149,15 @@ def build_proxy_task(
     return out / "datalist.csv"
 
 
-# -- demo: pretrained-frozen vs baselines through the bundle -----------------------------------
-
-BUNDLE = REPO_ROOT / "bundles" / "mass_probe"
-RUNS = {  # name -> bundle overrides (the pretrained weights are added for "pretrained")
-    "pretrained_frozen": {"mode": "frozen"},
-    "random_frozen": {"mode": "frozen", "pretrained": ""},
-    "scratch_full": {"mode": "scratch", "pretrained": ""},
-}
-
-
 def run_bundle(
-    overrides: Mapping[str, Any], bundle: str | os.PathLike = BUNDLE, quiet: bool = False, **kwargs: Any
+    overrides: Mapping[str, Any],
+    bundle: str | os.PathLike,
+    configs: Sequence[str] = ("train.json",),
+    quiet: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run ``configs/train.json`` of the bundle with ``overrides``; returns its ``summary.json``.
+    """Run the probe bundle's ``configs`` (merged in order, e.g. ``("train.json", "demo.json")``) with
+    ``overrides`` in this process; returns its ``summary.json``.
 
     ``quiet`` keeps only warnings on the console; ``kwargs`` go to ``ConfigWorkflow`` (e.g. ``tracking``).
     """
@@ -186,7 +167,7 @@ def run_bundle(
 
     bundle = Path(bundle)
     wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.json"),
+        config_file=[str(bundle / "configs" / c) for c in configs],
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type="train",
@@ -211,123 +192,3 @@ def run_bundle(
     wf.run()
     wf.finalize()
     return json.loads((Path(wf.parser.get_parsed_content("output_dir")) / "summary.json").read_text())
-
-
-def demo(
-    pretrained: str = "",
-    out_dir: str = "demo_output/probe",
-    data_dir: str = "",
-    preset: str = "auto",
-    crop: int = 32,
-    spacing: float = 2.0,
-    per_class: int = 12,
-    fractions: str | Sequence[float] = "1.0",
-    runs: str | Sequence[str] = "pretrained_frozen,random_frozen,scratch_full",
-    frozen_epochs: int = 40,
-    frozen_lr: float = 3e-3,
-    scratch_epochs: int = 4,
-    scratch_lr: float = 1e-4,
-    seed: int = 0,
-    threads: int = 1,
-    quiet: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Build the proxy task, train the probe for every run and fraction, print and return the AUC table.
-
-    ``preset="auto"``: the preset of the ``pretrained`` checkpoint (``small`` without one), for every run.
-    Runs: ``pretrained_frozen`` (the ``pretrained`` encoder, frozen), ``random_frozen`` (random
-    encoder, frozen: the floor a pretrained encoder must beat) and ``scratch_full`` (random encoder
-    trained with the head: the paper's "full training" baseline). The frozen heads use
-    ``frozen_lr`` (3e-3: the proxy has ~50 training rows, i.e. 6 steps per epoch; the bundle
-    default is the paper's 1e-4).
-    """
-    if threads:
-        torch.set_num_threads(int(threads))
-    if preset == "auto":  # every run uses the pretrained encoder's architecture (small without weights)
-        from components.probe.features import preset_of_checkpoint
-
-        preset = preset_of_checkpoint(pretrained) if pretrained else "small"
-        print(f"preset: {preset}")
-    out = Path(out_dir).resolve()
-    if isinstance(fractions, (int, float)):
-        fractions = [fractions]
-    fr = [float(f) for f in (fractions.split(",") if isinstance(fractions, str) else fractions)]
-    names = runs.split(",") if isinstance(runs, str) else list(runs)
-    if "pretrained_frozen" in names and not pretrained:
-        print("no --pretrained weights given: skipping the pretrained_frozen run", file=sys.stderr)
-        names = [n for n in names if n != "pretrained_frozen"]
-    t0 = time.time()
-    n_eval = max(4, per_class * 2 // 3)
-    datalist = build_proxy_task(
-        out / "task",
-        volumes=demo_volumes(data_dir or None),
-        crop_size=(crop,) * 3,
-        spacing=(spacing,) * 3,
-        per_class={"train": per_class, "val": n_eval, "test": n_eval},
-        seed=seed,
-    )
-    print(f"proxy task: {datalist} ({time.time() - t0:.1f} s)")
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        for f in fr:
-            t1 = time.time()
-            tag = f"{name}_f{f:g}"
-            ov = {
-                "datalist": str(datalist),
-                "preset": preset,
-                "spacing": [spacing] * 3,
-                "spatial_size": [crop] * 3,
-                "fraction": f,
-                "seed": seed,
-                "output_dir": str(out / tag),
-                "ckpt_dir": str(out / tag / "models"),
-                "cache_dir": str(out / "feature_cache"),
-                "pretrained": pretrained,
-                **RUNS[name],
-            }
-            frozen = ov["mode"] == "frozen"
-            ov["train#trainer#max_epochs"] = frozen_epochs if frozen else scratch_epochs
-            ov["learning_rate"] = frozen_lr if frozen else scratch_lr
-            s = run_bundle(ov, quiet=quiet)
-            s["seconds"] = round(time.time() - t1, 1)
-            results[tag] = s
-            per = ", ".join(f"{k} {v:.3f}" for k, v in s["best_auc_per_class"].items())
-            print(
-                f"{tag}: val mean AUC {s['best_mean_auc']:.3f} (best epoch {s['best_epoch']}, "
-                f"{s['params']['train_rows']} train rows, {s['seconds']} s); per class: {per}",
-                flush=True,
-            )
-    print("\nrun                 fraction  train rows  val mean AUC")
-    for tag, s in results.items():
-        print(
-            f"{tag.rsplit('_f', 1)[0]:<19} {s['params']['fraction']:>8}  {s['params']['train_rows']:>10}"
-            f"  {s['best_mean_auc']:.3f}"
-        )
-    atomic_json(out / "results.json", results)
-    print(f"total {time.time() - t0:.1f} s; results in {out / 'results.json'}")
-    return results
-
-
-def build(
-    out_dir: str = "demo_output/probe/task",
-    data_dir: str = "",
-    crop: int = 32,
-    spacing: float = 2.0,
-    per_class: int = 12,
-    seed: int = 0,
-) -> str:
-    """CLI: build the proxy task only; prints the datalist path."""
-    path = build_proxy_task(
-        out_dir,
-        volumes=demo_volumes(data_dir or None),
-        crop_size=(crop,) * 3,
-        spacing=(spacing,) * 3,
-        per_class=per_class,
-        seed=seed,
-    )
-    return str(path)
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire({"build": build, "demo": demo}, serialize=lambda r: None)

@@ -16,10 +16,10 @@ from components.network.nets import FixedClassNet
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
 
 
-def _workflow(name: str, kind: str, **overrides) -> ConfigWorkflow:
+def _workflow(name: str | list[str], kind: str, **overrides) -> ConfigWorkflow:
     cfg = BUNDLE / "configs"
     return ConfigWorkflow(
-        config_file=str(cfg / name),
+        config_file=[str(cfg / n) for n in ([name] if isinstance(name, str) else name)],
         meta_file=str(cfg / "metadata.json"),
         logging_file=str(cfg / "logging.conf"),
         workflow_type=kind,
@@ -62,8 +62,12 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())
     assert list(channel_def.values()) == inference["class_names"]
-    wf = _workflow(
-        "train.json", "train", output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"), spacing=[3.0, 3.0, 3.0]
+    wf = _workflow(  # the demo override gives the split and the classes (the defaults read /workspace/data)
+        ["train.json", "demo.json"],
+        "train",
+        output_dir=str(tmp_path),
+        ckpt_dir=str(tmp_path / "models"),
+        spacing=[3.0, 3.0, 3.0],
     )
     wf.initialize()
     assert wf.check_properties() == []

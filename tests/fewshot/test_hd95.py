@@ -58,12 +58,12 @@ def test_hd95_handler_refuses_plain_tensors() -> None:
 
 def test_evaluate_workflow_reports_hd95_in_mm(demo_data: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    cfg = json.loads((BUNDLE / "configs/evaluate.json").read_text())
+    cfg = json.loads((BUNDLE / "configs/demo.json").read_text())  # split and classes of the demo
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     torch.save(FixedClassNet("tiny", num_classes=len(cfg["classes"])).state_dict(), ckpt)
     wf = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs/evaluate.json"),
+        config_file=[str(BUNDLE / "configs/evaluate.json"), str(BUNDLE / "configs/demo.json")],
         meta_file=str(BUNDLE / "configs/metadata.json"),
         logging_file=str(BUNDLE / "configs/logging.conf"),
         workflow_type="infer",

@@ -52,7 +52,7 @@ def _cli(args: list[str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
         env=env,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=BUNDLE,  # every stage runs from inside its bundle folder
     )
 
 
@@ -74,9 +74,7 @@ def test_broken_volume_among_good_ones_with_mlflow(tiny_dir, tmp_path):
         [
             "run",
             "--config_file",
-            str(CONFIG),
-            "--bundle_root",
-            str(BUNDLE),
+            "configs/inference.json",
             "--dataset_dir",
             str(data),
             "--output_dir",
@@ -235,9 +233,7 @@ def test_bundle_sam2_tiny_random_weights(shared_data, tmp_path):
         [
             "run",
             "--config_file",
-            str(CONFIG),
-            "--bundle_root",
-            str(BUNDLE),
+            "configs/inference.json",
             "--dataset_dir",
             str(ct),
             "--output_dir",

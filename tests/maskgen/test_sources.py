@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import fire
 import numpy as np
 import pytest
 import torch
@@ -84,9 +85,10 @@ def test_quality_cli(itk, tmp_path, capsys):
         shape=tuple(itk["image"].shape[1:]),
     )
     res = tmp_path / "q.json"
-    # the command-line entry point of `python -m components.maskgen.quality`, run in-process
-    rc = main(["--maskset", str(out), "--label", itk["label"].meta["filename_or_obj"], "--out", str(res), "--top", "3"])
-    assert rc == 0
+    # the command line of `python -m components.maskgen.quality` (fire), run in-process
+    args = ["--maskset", str(out), "--label", itk["label"].meta["filename_or_obj"], "--out", str(res), "--top", "3"]
+    results = fire.Fire(main, command=args, serialize=lambda _: None)
+    assert len(results) == 1
     assert "best Dice" in capsys.readouterr().out
     q = json.loads(res.read_text())[0]
     assert q["n_masks"] == 5 and q["per_label"][0]["best_dice"] == 1.0

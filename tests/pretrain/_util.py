@@ -65,6 +65,7 @@ def tiny_overrides(tmp: Path, mask_dir: Path, **extra: Any) -> dict[str, Any]:
         "iters_per_epoch": 2,
         "max_epochs": 2,
         "num_val_samples": 1,
+        "val_names": ["mni152_t1"],
         "val_label_pairs": [],
         "progress_bar": False,
         "lr": 0.002,

@@ -167,7 +167,7 @@ def test_inference_writes_label_map_on_the_query_grid(tmp_path):
     net = build_network("tiny")
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict(), "ema_model": net.state_dict()}, ckpt)
-    infer = str(BUNDLE / "configs" / "inference.json")
+    infer = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "demo.json")]  # demo query/ref
     wf = ConfigWorkflow(
         config_file=infer,
         meta_file=str(BUNDLE / "configs" / "metadata.json"),

@@ -11,11 +11,19 @@ import pytest
 import torch
 
 from components.probe.features import build_encoder
-from components.probe.proxy import build_proxy_task, demo_volumes, run_bundle
+from components.probe.proxy import build_proxy_task, run_bundle
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_probe"
 CONFIGS = BUNDLE / "configs"
 CLASSES = ["ventricles", "thalamus", "cerebellum", "brain_stem"]
+
+
+def demo_volumes(root: Path) -> list[dict[str, str]]:
+    """The labelled demo brains, one scan per split."""
+    names = (("colin27", "train"), ("itk", "val"), ("mni152", "test"))
+    return [
+        {"image": str(root / f"{n}_t1.nii.gz"), "label": str(root / f"{n}_seg.nii.gz"), "split": s} for n, s in names
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +46,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _overrides(datalist: Path, out: Path, **extra) -> dict:
     return {
         "datalist": str(datalist),
+        "classes": CLASSES,  # the default reads classes.json beside the datalist
+        "pretrained": "",  # the default expects models/pretrained.pt
         "preset": "tiny",
         "spacing": [2.0, 2.0, 2.0],
         "spatial_size": [32, 32, 32],
@@ -140,6 +150,7 @@ def test_on_the_fly_frozen_training_leaves_the_encoder_unchanged(task, tmp_path)
         _overrides(
             task, out, pretrained=str(pretrained), cache_features=False, fraction=0.3, **{"train#trainer#max_epochs": 2}
         ),
+        BUNDLE,
         quiet=True,
     )
     assert s["params"]["train_rows"] == 4 * round(8 * 0.3)
@@ -191,6 +202,7 @@ def test_multilabel_task_and_mlflow_tracking(task, tmp_path):
             run_name="probe_test",
             **{"train#trainer#max_epochs": 2},
         ),
+        BUNDLE,
         quiet=True,
         tracking=str(CONFIGS / "mlflow.json"),  # --tracking configs/mlflow.json
     )
@@ -221,7 +233,7 @@ def test_datalist_faults_stop_the_bundle_with_the_row_named(task, tmp_path):
         + "\n"
     )
     with pytest.raises(Exception) as err:
-        run_bundle(_overrides(bad, tmp_path / "o"), quiet=True)
+        run_bundle(_overrides(bad, tmp_path / "o"), BUNDLE, quiet=True)
     text = "".join(str(e) for e in _chain(err.value))
     assert f"{bad}, line 3: image file not found" in text
 
@@ -240,4 +252,4 @@ def test_metadata_is_schema_valid(meta_schema):
     jsonschema.Draft201909Validator(schema).validate(meta)
     assert meta["version"] in meta["changelog"]
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == CLASSES
-    assert json.loads((CONFIGS / "train.json").read_text())["classes"] == CLASSES
+    assert json.loads((CONFIGS / "inference.json").read_text())["classes"] == CLASSES

@@ -1,0 +1,177 @@
+"""scripts/export_bundle.py: each bundle exported alone runs with nothing beside it.
+
+Every run is ``python -m monai.bundle run`` in a subprocess whose working directory is the exported
+bundle (the documented way to run a stage), without ``PYTHONPATH``: the export's own ``components/``
+must be what is imported (an installed ``components`` is only reached for a module the export lacks).
+A test override appends a ``run`` step that records the file of every loaded ``components`` module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.pretrain._util import masksets_from_labels, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = ("mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe")
+NOT_NEEDED = {  # subpackages an export must not carry
+    "mass_maskgen": ("network", "pretrain", "fewshot", "probe", "inference"),
+    "mass_pretrain": ("maskgen", "fewshot", "probe"),
+    "mass_fewshot": ("maskgen", "probe"),
+    "mass_probe": ("maskgen", "pretrain", "fewshot", "inference"),
+}
+
+
+def _exporter():
+    spec = importlib.util.spec_from_file_location("export_bundle", REPO / "scripts" / "export_bundle.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    exporter = _exporter()
+    return {b: Path(exporter.export_bundle(b, str(root / b))["bundle"]) for b in BUNDLES}
+
+
+def _run(bundle: Path, configs: list[str], overrides: dict, tmp: Path) -> list[Path]:
+    """``monai.bundle run`` of ``configs`` in ``bundle``; returns the files of the loaded components modules."""
+    where = tmp / "loaded_modules.txt"
+    record = {
+        "+run": [
+            "$__import__('pathlib').Path(" + repr(str(where)) + ").write_text('\\n'.join(sorted(m.__file__ for n, m in "
+            "list(__import__('sys').modules.items()) if n.split('.')[0] == 'components' and "
+            "getattr(m, '__file__', None))))"
+        ],
+    }
+    extra = tmp / "record.json"
+    extra.write_text(json.dumps(record))
+    args = []
+    for k, v in overrides.items():
+        args += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([*configs, str(extra)])]
+    cmd += ["--logging_file", "configs/logging.conf", *args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "2"
+    res = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    files = [Path(p) for p in where.read_text().splitlines()]
+    assert files, "no components module was loaded"
+    outside = [p for p in files if not p.resolve().is_relative_to(bundle.resolve())]
+    assert not outside, f"imported from outside the export: {outside}"
+    return files
+
+
+def test_exports_hold_only_the_modules_they_need(exports) -> None:
+    for name, bundle in exports.items():
+        assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "LICENSE").is_file()
+        assert (bundle / "docs" / "README.md").is_file()
+        assert not list((bundle / "configs").glob("demo*.json")), "the repository's demo overrides stay behind"
+        assert (bundle / "components" / "__init__.py").is_file()
+        for sub in NOT_NEEDED[name]:
+            assert not (bundle / "components" / sub).exists(), f"{name} export carries components/{sub}"
+        for d in (p for p in (bundle / "components").rglob("*") if p.is_dir() and p.name != "__pycache__"):
+            assert (d / "__init__.py").is_file(), d  # every package folder is importable
+    assert (exports["mass_maskgen"] / "components" / "maskgen" / "sam2" / "model.py").is_file()
+    assert (exports["mass_probe"] / "components" / "probe" / "head.py").is_file()
+    assert not (exports["mass_probe"] / "components" / "probe" / "proxy.py").exists()  # demo-only helper
+
+
+def test_weights_get_large_files_entries(tmp_path) -> None:
+    src = tmp_path / "bundles" / "mass_probe"
+    import shutil
+
+    shutil.copytree(REPO / "bundles" / "mass_probe", src, ignore=shutil.ignore_patterns("eval", "models"))
+    (src / "models").mkdir()
+    (src / "models" / "model.pt").write_bytes(b"weights")
+    res = _exporter().export_bundle("mass_probe", str(tmp_path / "out"), bundles_dir=str(tmp_path / "bundles"))
+    text = (tmp_path / "out" / "large_files.yml").read_text()
+    assert res["large_files"] and (tmp_path / "out" / "models" / "model.pt").is_file()
+    assert 'path: "models/model.pt"' in text and 'hash_type: "sha256"' in text
+    assert f'hash_val: "{hashlib.sha256(b"weights").hexdigest()}"' in text
+    assert text.startswith("# url:")  # no host known: said so
+
+
+def test_exported_maskgen_runs_slic_on_a_demo_volume(exports, demo_data, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "colin27_t1.nii.gz").symlink_to(demo_data / "colin27_t1.nii.gz")
+    out = tmp_path / "masks"
+    small = {"slic_n_segments": [8, 30], "min_voxels": 20, "reference_spacing": [6.0, 6.0, 6.0]}
+    files = _run(
+        exports["mass_maskgen"],
+        ["configs/inference.json"],
+        {"dataset_dir": str(data), "output_dir": str(out), "modality": "MR", **small},
+        tmp_path,
+    )
+    assert any(p.name == "workflow.py" and p.parent.name == "maskgen" for p in files)
+    from components.io.maskset import MaskSet
+
+    ms = MaskSet.open(out / "colin27_t1.mset")
+    assert len(ms) >= 5 and ms.provenance[0]["source"] == "slic"
+
+
+@pytest.mark.slow
+def test_exported_pretrain_runs_two_iterations(exports, tmp_path) -> None:
+    masks = masksets_from_labels(tmp_path / "masks", max_ids=8)
+    ov = tiny_overrides(tmp_path / "run", masks, iters_per_epoch=2, max_epochs=1)
+    ov.pop("bundle_root")
+    _run(exports["mass_pretrain"], ["configs/train.json"], ov, tmp_path)
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_exported_fewshot_and_probe_inference(exports, demo_data, tmp_path) -> None:
+    from components.network.nets import FixedClassNet
+    from components.probe.features import build_encoder
+    from components.probe.head import ProbeClassifier
+
+    torch.manual_seed(0)
+    bundle = exports["mass_fewshot"]
+    names = json.loads((bundle / "configs" / "inference.json").read_text())["class_names"]
+    ckpt = tmp_path / "fewshot.pt"
+    torch.save(FixedClassNet("tiny", num_classes=len(names)).state_dict(), ckpt)
+    out = tmp_path / "seg"
+    ov = {
+        "dataset_dir": str(demo_data),
+        "image_pattern": "itk_t1.nii.gz",
+        "ckpt_path": str(ckpt),
+        "output_dir": str(out),
+    }
+    _run(bundle, ["configs/inference.json"], ov, tmp_path)
+    seg = nib.load(out / "itk_t1_seg.nii.gz")
+    assert seg.shape == nib.load(demo_data / "itk_t1.nii.gz").shape
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(len(names) + 1))
+
+    bundle = exports["mass_probe"]
+    classes = json.loads((bundle / "configs" / "inference.json").read_text())["classes"]
+    ckpt = tmp_path / "probe.pt"
+    net = ProbeClassifier(build_encoder("tiny"), num_classes=len(classes), task="multiclass", freeze_encoder=True)
+    torch.save(net.state_dict(), ckpt)
+    out = tmp_path / "probe"
+    ov = {
+        "dataset_dir": str(demo_data),
+        "image_pattern": "mni152_t1.nii.gz",
+        "preset": "tiny",
+        "spacing": [4.0, 4.0, 4.0],
+        "spatial_size": [32, 32, 32],
+        "ckpt_path": str(ckpt),
+        "output_dir": str(out),
+    }
+    _run(bundle, ["configs/inference.json"], ov, tmp_path)
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 and len(rows[0].split(",")) == 1 + len(classes)
