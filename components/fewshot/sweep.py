@@ -27,7 +27,6 @@ Run it as the bundle config ``configs/sweep.json`` of ``mass_fewshot`` (every op
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -36,7 +35,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +153,27 @@ def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
     return done
 
 
+def _artifact_location(tracking_uri: str) -> str | None:
+    """For a local SQLite store, artifacts go to ``mlruns/`` beside the database (as MONAI's
+    ``MLFlowHandler`` does), not to ``./mlruns`` of whatever folder the sweep runs in."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+
+
+def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+    """Id of the experiment ``name`` (created when missing); a deleted one is an error."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    if exp.lifecycle_stage != "active":
+        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+    return exp.experiment_id
+
+
 def _log_run(
-    mlflow: Any,
+    client: Any,
+    exp_id: str,
     cfg: Mapping[str, Any],
     key: str,
     init: str,
@@ -167,25 +185,29 @@ def _log_run(
     run_dir: Path,
     fingerprint: str,
 ) -> None:
-    with mlflow.start_run(run_name=key) as run:
-        mlflow.set_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
-        mlflow.log_params(
-            {
-                "mode": mode,
-                "shots": shots,
-                "seed": seed,
-                "init": init,
-                "dataset": cfg["dataset"],
-                "preset": cfg["preset"],
-                "spacing": cfg["spacing"],
-                "roi_size": cfg["roi_size"],
-                "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
-                "init_checkpoint": str(cfg["inits"].get(init) or ""),
-            }
-        )
-        if error is not None:
-            mlflow.set_tag("error", error[-4000:])
-            mlflow.end_run(status="FAILED")
+    """One MLflow run for ``key``: params, tags, metrics and ``result.json``; FAILED with the error if any."""
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.tracking.context.registry import resolve_tags  # user, source, git commit, as mlflow.start_run
+
+    tags = resolve_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
+    run_id = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
+    try:
+        params = {
+            "mode": mode,
+            "shots": shots,
+            "seed": seed,
+            "init": init,
+            "dataset": cfg["dataset"],
+            "preset": cfg["preset"],
+            "spacing": cfg["spacing"],
+            "roi_size": cfg["roi_size"],
+            "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
+            "init_checkpoint": str(cfg["inits"].get(init) or ""),
+        }
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        if error is not None or result is None:
+            client.set_tag(run_id, "error", (error or "no result")[-4000:])
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             return
         metrics: dict[str, float] = {
             "dice_mean": result["dice_mean"],
@@ -198,48 +220,36 @@ def _log_run(
             metrics[f"dice_{name}"] = v
         for name, v in result["hd95"].items():
             metrics[f"hd95_{name}"] = v
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
-        mlflow.set_tag("excluded", json.dumps(result["excluded"]))
-        mlflow.log_artifact(str(run_dir / "result.json"))
-        logger.info("%s: run %s logged", key, run.info.run_id)
+        now = int(time.time() * 1000)
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()])
+        client.set_tag(run_id, "excluded", json.dumps(result["excluded"]))
+        client.log_artifact(run_id, str(run_dir / "result.json"))
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    logger.info("%s: run %s logged", key, run_id)
 
 
 def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Run every missing combination of ``cfg`` (see ``configs/sweep.json``); returns a status per key."""
+    """Run every missing combination of ``cfg`` (see ``configs/sweep.json``); returns a status per key.
+
+    MLflow is used through an ``MlflowClient`` bound to ``tracking_uri``: no process-wide tracking
+    URI or active experiment is set, so nothing leaks into later runs or subprocesses.
+    """
     import mlflow
 
     out = Path(out_dir).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or default_tracking_uri(out)
-    with _mlflow_scope(mlflow, tracking_uri):
-        return _run_sweep(mlflow, cfg, out, tracking_uri)
+    return _run_sweep(mlflow.MlflowClient(tracking_uri=tracking_uri), cfg, out, tracking_uri)
 
 
-@contextlib.contextmanager
-def _mlflow_scope(mlflow: Any, tracking_uri: str) -> Iterator[None]:
-    """Point MLflow at ``tracking_uri`` for the sweep only: ``set_tracking_uri``/``set_experiment``
-    also write ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_ID`` into ``os.environ``, which would
-    leak into later runs in the same process and into its subprocesses."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
-    saved = {k: os.environ.get(k) for k in keys}
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None restores MLflow's default
-        mlflow.tracking.fluent._active_experiment_id = None
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
+def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
     experiment = cfg.get("experiment", EXPERIMENT)
-    exp = mlflow.set_experiment(experiment)
-    client = mlflow.MlflowClient()
-    done = _finished_keys(client, exp.experiment_id)
+    exp_id = _experiment_id(client, experiment, tracking_uri)
+    done = _finished_keys(client, exp_id)
     status: dict[str, str] = {}
     fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
     for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
@@ -268,7 +278,7 @@ def _run_sweep(mlflow: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 status[key] = f"failed: {error}"
                 logger.error("%s failed: %s", key, error)
-        _log_run(mlflow, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
+        _log_run(client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
     atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
     return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -88,6 +89,11 @@ def test_sweep_resumes_and_report_reads_mlflow(
     for r in done:
         assert {"mode", "shots", "seed", "init", "dataset", "preset"} <= set(r.data.params)
         assert {"dice_mean", "hd95_mean", "dice_lateral_ventricles", "hd95_brain_stem"} <= set(r.data.metrics)
+    failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get("run_key") == "pretrained-ic-k1-s0"]
+    assert failed and "no_such_model.pt" in failed[0].data.tags["error"]
+    # MlflowClient only: nothing process-wide is set, artifacts lie beside the SQLite store
+    assert os.environ.get("MLFLOW_TRACKING_URI") != uri
+    assert {p.name for p in (out / "mlruns").rglob("result.json")} == {"result.json"}
 
     calls.clear()
     sweep.run_sweep(cfg, out, tracking_uri=uri)
