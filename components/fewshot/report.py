@@ -117,7 +117,7 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
         for init, mode in rows:
             cells = [_cell(per_class[c].get((init, mode), {}).get(s), 100.0, len(seeds)) for c in classes]
             out.append(f"| {init} / {MODE_NAMES.get(mode, mode)} | " + " | ".join(cells) + " |")
-    excluded = {}
+    excluded: dict[str, set[str]] = {}
     for r in finished:
         for img, names in json.loads(r["tags"].get("excluded", "{}") or "{}").items():
             excluded.setdefault(img, set()).update(names)

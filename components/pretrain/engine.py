@@ -141,9 +141,9 @@ class InContextTrainer(SupervisedTrainer):
         self.ema = ema
         if ema is not None:
             ema.attach(self)
-        sampler = getattr(train_data_loader, "sampler", None)
-        if callable(getattr(sampler, "attach", None)):
-            sampler.attach(self)
+        attach_sampler = getattr(getattr(train_data_loader, "sampler", None), "attach", None)
+        if callable(attach_sampler):
+            attach_sampler(self)
         for handler in kwargs.get("train_handlers") or ():
             for attr in ("save_dict", "load_dict"):
                 objects = getattr(handler, attr, None)

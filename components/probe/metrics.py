@@ -18,7 +18,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
@@ -41,7 +41,7 @@ class ProbeAUC(ROCAUCMetric):
             y_pred, y = y_pred[:, None], y[:, None]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # single-class columns are reported below, once
-            per_class = [float(compute_roc_auc(y_pred[:, j], y[:, j])) for j in range(y_pred.shape[1])]
+            per_class = [float(cast(float, compute_roc_auc(y_pred[:, j], y[:, j]))) for j in range(y_pred.shape[1])]
         if self.class_index is not None:
             return per_class[self.class_index]
         defined = [v for v in per_class if not math.isnan(v)]
