@@ -1,5 +1,6 @@
 """Weight EMA of the pretraining bundle (Ignite's ``EMAHandler``): conformance with the update rule
-``ema = decay * ema + (1 - decay) * w`` after every optimiser step, buffers copied, and the
+``ema = decay * ema + (1 - decay) * w`` after every optimiser step, buffers copied or averaged the
+same way (``handle_buffers``: "copy" / "update", as the bundle config says), and the
 ``ema_model`` checkpoint layout (same keys as the network, readable by the release loader)."""
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def test_ema_handler_follows_the_update_rule_bitwise_and_saves_plain_state_dict(
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     net = wf.parser.get_parsed_content("network")
-    ema = wf.parser.get_parsed_content("ema").ema_model
+    handler = wf.parser.get_parsed_content("ema")
+    ema = handler.ema_model
     decay = 0.99
     reference = copy.deepcopy(net)  # the rule, applied by hand to the weights after every step
     mismatches: list[tuple[int, int]] = []
@@ -44,7 +46,10 @@ def test_ema_handler_follows_the_update_rule_bitwise_and_saves_plain_state_dict(
             for r, p in zip(reference.parameters(), net.parameters()):
                 r.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
             for r, b in zip(reference.buffers(), net.buffers()):
-                r.copy_(b)
+                if handler.handle_buffers == "update" and r.is_floating_point():
+                    r.mul_(decay).add_(b, alpha=1.0 - decay)
+                else:
+                    r.copy_(b)
         got, want = ema.state_dict(), reference.state_dict()
         assert list(got) == list(want) == list(net.state_dict())
         mismatches.append((e.state.iteration, sum(not torch.equal(got[k], want[k]) for k in want)))
