@@ -284,8 +284,8 @@ class MaskPretrainDataset(Dataset):
         if not 0.0 <= float(ones_mask_prob) <= 1.0:
             raise ValueError(f"MaskPretrainDataset: ones_mask_prob must be in [0, 1], got {ones_mask_prob}")
         self.sampling, self.ones_mask_prob = sampling, float(ones_mask_prob)
-        self.volumes = prepare_volumes(data, cache_dir, spacing, min_mask_voxels)
-        if not self.volumes:
+        self.volumes = prepare_volumes(data, cache_dir, spacing, min_mask_voxels) if data else []
+        if data and not self.volumes:
             raise ValueError(f"no usable volume among {len(data)} datalist entries (see warnings above)")
         self.crop_size = np.asarray([int(c) for c in crop_size])
         self.context = self.crop_size + int(context_margin)
@@ -294,7 +294,8 @@ class MaskPretrainDataset(Dataset):
         if augment is None or isinstance(augment, Mapping):
             augment = TwoViewAugment(crop_size=tuple(self.crop_size), **dict(augment or {}))
         self.augment = augment
-        self.length = int(length) if length is not None else 100 * len(self.volumes)
+        # no data at all (e.g. no held-out volume): an empty dataset, so a disabled validation can still be built
+        self.length = int(length) if length is not None and self.volumes else 100 * len(self.volumes)
         self._open: dict[int, tuple[np.ndarray, MaskSet]] = {}
 
     def __len__(self) -> int:

@@ -218,9 +218,21 @@ class _WarmupPoly:
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: float = 0.05, power: float = 0.9
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    warmup: float = 0.05,
+    power: float = 0.9,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1000.0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule: ``"poly"`` (warm-up fraction ``warmup`` + poly decay) or ``"onecycle"``."""
+    """Per-iteration schedule over ``total_steps`` optimiser steps.
+
+    ``"onecycle"`` (the release's default): torch's ``OneCycleLR`` from ``lr / div_factor`` up to the
+    optimiser's ``lr`` over the fraction ``warmup``, cosine down to ``lr / div_factor / final_div_factor``
+    (release: 5 %, 25, 1000). ``"poly"`` (the paper's text): linear warm-up over ``warmup``, then
+    ``(1 - progress) ** power``.
+    """
     total_steps = max(1, int(total_steps))
     if name == "poly":
         return torch.optim.lr_scheduler.LambdaLR(
@@ -229,7 +241,12 @@ def build_lr_scheduler(
     if name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=max(warmup, 1e-3)
+            optimizer,
+            max_lr=max_lr,
+            total_steps=total_steps,
+            pct_start=max(warmup, 1e-3),
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
         )
     raise ValueError(f"lr schedule must be 'poly' or 'onecycle', got {name!r}")
 
