@@ -43,6 +43,7 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
         output_dir=str(out),
         ckpt_dir=str(out / "models"),
         val_interval=1,
+        ema_decay=0.9,  # 20 iterations: the release's 0.999 would leave the EMA at the initial weights
     )
     wf.initialize()
     init_state = {k: v.detach().clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
@@ -57,3 +58,47 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     model.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     after = evaluate(lambda x: model(x), test, classes, SPACING, ROI)["dice_mean"]
     assert after > before + 0.1 and after > 2 * before, (before, after)
+
+
+def test_finetuning_evaluates_and_saves_the_ema_weights(demo_data: Path, tmp_path: Path) -> None:
+    """As released: an EMA of the weights (decay ``ema_decay``) is validated and written to model.pt."""
+    torch.set_num_threads(2)
+    colin = {"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [colin]}))
+    out = tmp_path / "ft"
+    wf = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs/train.json"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE),
+        split_file=str(split),
+        classes=CLASSES,
+        preset="tiny",
+        spacing=[4.0, 4.0, 4.0],
+        roi_size=[48, 48, 48],
+        patch_size=[32, 32, 32],
+        num_samples=1,
+        batch_size=1,
+        epoch_length=3,
+        **{"train#trainer#max_epochs": 1},
+        output_dir=str(out),
+        ckpt_dir=str(out / "models"),
+        val_interval=1,
+        ema_decay=0.5,
+    )
+    wf.initialize()
+    assert wf.parser.get_parsed_content("validate#evaluator").network is wf.parser.get_parsed_content("ema").ema_model
+    net = wf.parser.get_parsed_content("network")
+    init = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    wf.run()
+    ema = wf.parser.get_parsed_content("ema").ema_model.state_dict()
+    saved = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    wf.finalize()
+    online = net.state_dict()
+    moved = [k for k in saved if not torch.equal(online[k], init[k])]
+    assert moved, "finetuning changed no weight"
+    assert all(torch.equal(saved[k], ema[k].cpu()) for k in saved)  # the file holds the EMA weights
+    assert any(not torch.equal(saved[k], online[k].cpu()) for k in moved)  # which differ from the online weights
+    # ema = 0.5 * ema + 0.5 * w after each of the 3 steps: strictly between the start and the online weights
+    k = moved[0]
+    assert 0 < float((saved[k] - init[k]).norm()) < float((online[k] - init[k]).norm()) * 1.5
