@@ -136,7 +136,7 @@ def score_case(
         hd_p = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
             pred[:, idx], gt[:, idx], spacing=[float(s) for s in spacing]
         )[0]
-        hd[idx] = hd_p.float()
+        hd[idx] = torch.as_tensor(hd_p).float()
     worst = _diagonal_mm(gt.shape[2:], spacing)
     out: dict[str, dict[str, float] | None] = {}
     for m, name in enumerate(names):

@@ -29,7 +29,7 @@ import random
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from monai.config import KeysCollection
@@ -42,6 +42,9 @@ from components.data.loading import load_transforms
 from components.inference.crop import crop_reference
 from components.io.atomic import atomic_json
 from components.io.errors import VolumeError
+
+if TYPE_CHECKING:
+    from components.network.nets import MASSNet
 
 __all__ = [
     "FewShotClass",
@@ -81,7 +84,7 @@ def parse_classes(spec: Mapping[str, Any] | Sequence[Any] | str | os.PathLike) -
     if isinstance(spec, Mapping):
         items = [(str(k), v) for k, v in spec.items()]
     else:
-        items = [(str(d["name"]), d["label_ids"]) for d in spec]  # type: ignore[index]
+        items = [(str(d["name"]), d["label_ids"]) for d in cast(Sequence[Mapping[str, Any]], spec)]
     out = []
     for name, ids in items:
         ids = [ids] if isinstance(ids, (int, str)) else list(ids)
@@ -225,7 +228,7 @@ def sample_support(train: Sequence[Mapping[str, Any]], shots: int, seed: int) ->
 
 @torch.no_grad()
 def encode_support(
-    net: torch.nn.Module,
+    net: MASSNet,
     support: Sequence[Mapping[str, Any]],
     classes: Sequence[FewShotClass],
     spacing: Sequence[float] | None = (2.0, 2.0, 2.0),
@@ -291,7 +294,7 @@ def load_task(path: str | os.PathLike, classes: Sequence[FewShotClass] | None = 
 
 
 def load_or_encode_task(
-    net: torch.nn.Module,
+    net: MASSNet,
     task_file: str | os.PathLike,
     classes: Sequence[FewShotClass] | Mapping[str, Any],
     support: Sequence[Mapping[str, Any]] | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -157,7 +157,7 @@ class InContextInferer(Inferer):
             device=self.device,
             progress=self.progress,
         )
-        return sliding(inputs.float(), predictor)
+        return cast(torch.Tensor, sliding(inputs.float(), predictor))  # one tensor out: the predictor returns one
 
 
 def binarize(

@@ -36,7 +36,7 @@ def prepare_reference_batch(
 class ReferenceInferer(InContextInferer):
     """``InContextInferer`` that encodes the task from ``(ref_image, ref_masks)`` passed with each call."""
 
-    def __call__(
+    def __call__(  # type: ignore[override]  # the task comes as (ref_image, ref_masks), not as an embedding
         self,
         inputs: torch.Tensor,
         network: Any,

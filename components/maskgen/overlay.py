@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def save_overlay(
     img = img[0] if img.ndim == 4 else img
     idx = np.linspace(0, img.shape[axis] - 1, n_slices + 2)[1:-1].astype(int)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(ms), size=min(max_masks, len(ms)), replace=False) if len(ms) else []
+    chosen: Any = rng.choice(len(ms), size=min(max_masks, len(ms)), replace=False) if len(ms) else []
     colours = rng.random((len(chosen), 3))
     lo, hi = np.percentile(img, [1, 99])
     fig, axes = plt.subplots(1, n_slices, figsize=(4 * n_slices, 4))

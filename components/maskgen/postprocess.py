@@ -6,6 +6,7 @@ Masks are ``SparseMask`` (bounding box + bool crop) so thousands of proposals fi
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from monai.transforms import Transform
@@ -146,14 +147,14 @@ class MaskPostprocessd(Transform):
         self.iou_thresh, self.order, self.largest_cc_all = iou_thresh, order, largest_cc_all
         self.connectivity, self.seed = connectivity, seed
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         from monai.data.utils import affine_to_spacing
 
         d = dict(data)
-        spacing = [float(s) for s in affine_to_spacing(d[self.image_key].affine, r=3)]  # type: ignore[union-attr]
+        spacing = [float(s) for s in affine_to_spacing(d[self.image_key].affine, r=3)]
         min_vox = scaled_min_size(self.min_voxels, spacing, self.reference_spacing)
-        masks: list[SparseMask] = list(d[self.masks_key])  # type: ignore[arg-type]
-        prov: list[dict] = list(d.get(self.provenance_key) or [{} for _ in masks])  # type: ignore[arg-type]
+        masks: list[SparseMask] = list(d[self.masks_key])
+        prov: list[dict] = list(d.get(self.provenance_key) or [{} for _ in masks])
         out_m, out_p = [], []
         for m, p in zip(masks, prov):
             seeded = p.get("axis") is not None and p.get("seed_slice") is not None

@@ -8,9 +8,9 @@ axis is axial; its "first axis for near-isotropic images" is therefore our axis 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform
@@ -104,8 +104,8 @@ class SeedSlicesd(MapTransform):
         self.isotropic_ratio, self.default_axis = isotropic_ratio, default_axis
         self.foreground_key, self.foreground = foreground_key, foreground
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d: dict[Hashable, Any] = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
             spacing = [float(s) for s in affine_to_spacing(img.affine, r=3)]

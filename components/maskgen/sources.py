@@ -7,6 +7,7 @@ and ``d["mask_provenance"]`` (one dict per mask), the same interface as the SAM2
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from monai.data.utils import affine_to_spacing
@@ -24,7 +25,8 @@ def masks_from_labels(lab: np.ndarray, ids: Sequence[int] | None = None) -> tupl
     lab = np.asarray(lab)
     if ids is None:
         ids = [int(i) for i in np.unique(lab) if i > 0]
-    out, kept = [], []
+    out: list[SparseMask] = []
+    kept: list[int] = []
     if not len(ids):
         return out, kept
     # find_objects needs consecutive ids; remap to 1..K
@@ -47,7 +49,7 @@ def _fill_body(fg: np.ndarray) -> np.ndarray:
     fg = ndimage.binary_fill_holes(fg)
     for ax in range(3):
         for i in range(fg.shape[ax]):
-            sl = [slice(None)] * 3
+            sl: list[Any] = [slice(None)] * 3
             sl[ax] = i
             fg[tuple(sl)] = ndimage.binary_fill_holes(fg[tuple(sl)])
     return fg
@@ -90,13 +92,13 @@ class SLICMasksd(Transform):
         self.max_voxels, self.split_at_foreground = max_voxels, split_at_foreground
         self.masks_key, self.provenance_key = masks_key, provenance_key
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         from skimage.segmentation import slic
         from skimage.transform import downscale_local_mean
 
         d = dict(data)
         img_t = d[self.image_key]
-        spacing = np.asarray(affine_to_spacing(img_t.affine, r=3), dtype=float)  # type: ignore[union-attr]
+        spacing = np.asarray(affine_to_spacing(img_t.affine, r=3), dtype=np.float64)
         img = np.asarray(img_t)[0].astype(np.float32)
         raw_fg = foreground_mask(img, self.foreground)
         fg = _fill_body(raw_fg.copy())
@@ -157,7 +159,7 @@ class LabelMapMasksd(Transform):
         self.label_key, self.cc, self.min_voxels = label_key, connected_components, min_voxels
         self.masks_key, self.provenance_key = masks_key, provenance_key
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if self.label_key not in d:
             raise KeyError(f"label map source needs '{self.label_key}' in the data (give a label for every image)")

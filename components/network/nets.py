@@ -14,6 +14,7 @@ multiple of 16 and at most ``max_window`` (128: size of the learnable positional
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ class MASSNet(_SegmentationCore):
     @memory_efficient.setter
     def memory_efficient(self, value: bool) -> None:
         for stage in self.task_embedding:
-            stage.memory_efficient = bool(value)
+            cast(TaskEncoderStage, stage).memory_efficient = bool(value)
 
     def encode_task(
         self, ref_image: torch.Tensor, ref_masks: torch.Tensor, names: Sequence[str] | None = None
@@ -193,7 +194,7 @@ class FixedClassNet(_SegmentationCore):
 
     def class_tokens(self) -> list[torch.Tensor]:
         """Class embeddings per stage, deepest first: [N, 11, C_s]."""
-        return [self.task_prior_0, self.task_prior_1, self.task_prior_2]
+        return [cast(torch.Tensor, getattr(self, f"task_prior_{i}")) for i in range(NUM_TOKEN_STAGES)]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         b = image.shape[0]

@@ -21,6 +21,7 @@ conv splits into an image term plus a mask term).
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,7 @@ class TaskEncoderStage(nn.Module):
         masks = masks.to(full.dtype)
         if self.memory_efficient:
             # norm and ReLU act per channel, so conv([img, mask]) = conv_img(img) + conv_mask(mask)
-            conv = self.merge[2]
+            conv = cast(nn.Conv3d, self.merge[2])
             act_img = self.merge[1](F.instance_norm(full))
             act_mask = self.merge[1](F.instance_norm(masks.reshape(b * m, 1, *masks.shape[2:])))
             img_term = F.conv3d(act_img, conv.weight[:, :1], conv.bias, padding=1)  # [B, 1, ...]

@@ -208,7 +208,7 @@ def prepare_volumes(
     return out
 
 
-def _box_read(arr: np.ndarray, start: np.ndarray, size: Sequence[int], fill: float) -> np.ndarray:
+def _box_read(arr: np.ndarray, start: np.ndarray, size: Sequence[int] | np.ndarray, fill: float) -> np.ndarray:
     """``arr[start:start+size]`` with ``fill`` outside the array (start may be negative)."""
     out = np.full(tuple(size), fill, dtype=np.float32)
     lo = np.maximum(start, 0)
@@ -396,13 +396,13 @@ class MaskPretrainDataset(Dataset):
         for s in (s_ref, s_qry):
             meets &= np.all(boxes[:, :3] < s + ctx, 1) & np.all(boxes[:, 3:] > s, 1)
         cand = usable[meets]
-        cand = [first] + [int(c) for c in rng.permutation(cand) if c != first]
+        order = [first] + [int(c) for c in rng.permutation(cand) if c != first]
         codes_ref = np.zeros(tuple(ctx), np.float32)
         codes_qry = np.zeros(tuple(ctx), np.float32)
         n = 0
         lo = (ctx - self.crop_size) // 2  # the window kept from the context when the warp is the identity
         inner = tuple(slice(a, a + c) for a, c in zip(lo, self.crop_size))
-        for c in cand[: 4 * self.max_masks]:
+        for c in order[: 4 * self.max_masks]:
             if n == self.max_masks:
                 break
             bb, crop = ms.crop(c)

@@ -12,7 +12,7 @@ same ``prepare_incontext_batch`` and MONAI ``MeanDice`` apply. (Held-out *mask-s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ __all__ = ["LabelPairDataset"]
 
 def _load(image: str, label: str, spacing: Sequence[float] | None, roi: Sequence[int], modality: str | None):
     img = load_volume(image, spacing=spacing)
-    lab = load_volume(label)  # native grid first, then the image's target grid with nearest neighbour
+    lab: torch.Tensor = load_volume(label)  # native grid first, then the image's target grid with nearest neighbour
     if spacing is not None:
         from monai.transforms import ResampleToMatch
 
@@ -37,7 +37,7 @@ def _load(image: str, label: str, spacing: Sequence[float] | None, roi: Sequence
     if tuple(lab.shape) != tuple(img.shape):
         raise VolumeError(label, f"label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
     x = ModalityNormalize(modality)(img)  # modality None: guessed from the image
-    d = {"image": x, "label": torch.as_tensor(lab).round().to(torch.int32)}
+    d: dict[Hashable, Any] = {"image": x, "label": torch.as_tensor(lab).round().to(torch.int32)}
     d = CropForegroundd(["image", "label"], source_key="label", allow_smaller=True)(d)
     d = ResizeWithPadOrCropd(["image", "label"], spatial_size=tuple(roi), value=float(x.min()))(d)
     return torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"])[0]

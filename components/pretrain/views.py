@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -187,7 +187,7 @@ class JointAffined(Randomizable):
     def randomize(self, data: Any = None) -> None:
         self._do = self.R.rand() < self.prob
 
-    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
         if self._do:
             d = self.affine(dict(data))
@@ -281,7 +281,10 @@ class TwoViewAugment(Randomizable):
 
         Returns ``(image [1,*crop], masks bool [n,*crop], matrix 4x4)``.
         """
-        d = {"image": torch.as_tensor(image, dtype=torch.float32), "codes": torch.as_tensor(codes, dtype=torch.float32)}
+        d: dict[Hashable, Any] = {
+            "image": torch.as_tensor(image, dtype=torch.float32),
+            "codes": torch.as_tensor(codes, dtype=torch.float32),
+        }
         d = self.spatial_tf[strength](d)
         matrix = d["affine_matrix"]
         img = self.appearance_tf[strength]({"image": d["image"]})["image"]

@@ -239,7 +239,7 @@ def make_splits(
 ) -> dict[str, list[dict[str, Any]]]:
     """``{"train", "val", "test"}`` lists: from the ``split`` column, else a stratified seeded split."""
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    unsplit = []
+    unsplit: list[dict[str, Any]] = []
     for it in items:
         (out[it["split"]] if it.get("split") else unsplit).append(dict(it))
     if unsplit and not out["val"]:

@@ -23,10 +23,11 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
+from monai.data import MetaTensor
 from monai.transforms import BorderPad, SpatialCrop
 
 from components.data.loading import load_transforms
@@ -111,7 +112,7 @@ def build_proxy_task(
                 crop = SpatialCrop(roi_center=[int(v) for v in c + size], roi_size=[int(v) for v in size])
                 img_c, lab_c = crop(image_p), crop(label_p)
                 path = out / "crops" / f"{name}_{cls}_{k:03d}.nii.gz"
-                _write_nifti(img_c[0].numpy(), np.asarray(img_c.affine), path)
+                _write_nifti(img_c[0].numpy(), np.asarray(cast(MetaTensor, img_c).affine), path)
                 lab_arr = lab_c[0].numpy()
                 present = {s: int(np.isin(lab_arr, list(i)).sum() >= presence_voxels) for s, i in structures.items()}
                 rows.append(
