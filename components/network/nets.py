@@ -14,7 +14,7 @@ multiple of 16 and at most ``max_window`` (128: size of the learnable positional
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -142,10 +142,13 @@ class MASSNet(_SegmentationCore):
                 f"reference masks {tuple(ref_masks.shape)} must be [B, M, D, H, W] on the "
                 f"reference image grid {tuple(ref_image.shape)}"
             )
+        return TaskEmbedding(self.task_tokens(ref_image, ref_masks), names)
+
+    def task_tokens(self, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> list[torch.Tensor]:
+        """Unchecked task encoding: tokens [B, M, 11, C_s] per stage, deepest first (TorchScript-able)."""
         feats = self.encoder(ref_image)
         masks = ref_masks.to(feats[0].dtype)
-        tokens = [stage(feats[4 - i], masks) for i, stage in enumerate(self.task_embedding)]
-        return TaskEmbedding(tokens, names)
+        return [stage(feats[4 - i], masks) for i, stage in enumerate(self.task_embedding)]
 
     def segment(self, query: torch.Tensor, task: TaskEmbedding) -> torch.Tensor:
         """query[B, 1, D, H, W] + task (B or 1 references) -> logits[B, M, D, H, W]."""
@@ -157,7 +160,10 @@ class MASSNet(_SegmentationCore):
 
     def forward(self, query: torch.Tensor, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> torch.Tensor:
         """query[B, 1, ...], ref_image[B, 1, ...], ref_masks[B, M, ...] -> logits[B, M, D, H, W]."""
-        return self.segment(query, self.encode_task(ref_image, ref_masks))
+        if not torch.jit.is_scripting():  # eager: shapes checked, TaskEmbedding
+            return self.segment(query, self.encode_task(ref_image, ref_masks))
+        # TorchScript (model-zoo ckpt_export): the same computation without the Python-only checks
+        return self.decode(self.encoder(query), self.task_tokens(ref_image, ref_masks))
 
     def class_embedding(self, class_ids: Sequence[int]) -> TaskEmbedding:
         """TaskEmbedding (B=1) read from the ``task_prior_*`` buffers for the given class ids."""
@@ -171,6 +177,11 @@ class FixedClassNet(_SegmentationCore):
     Class embeddings are the learnable parameters ``task_prior_{0,1,2}`` ``[N, 11, C_s]``
     (named as the release's fixed-class buffers). No task encoder.
     """
+
+    if TYPE_CHECKING:  # registered in __init__; for mypy only (torch.jit.script cannot read string annotations)
+        task_prior_0: torch.Tensor
+        task_prior_1: torch.Tensor
+        task_prior_2: torch.Tensor
 
     def __init__(
         self,
@@ -198,7 +209,9 @@ class FixedClassNet(_SegmentationCore):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         b = image.shape[0]
-        tokens = [t.unsqueeze(0).expand(b, -1, -1, -1) for t in self.class_tokens()]
+        # the three stages spelled out (not class_tokens()): torch.jit.script compiles this (model-zoo ckpt_export)
+        priors = [self.task_prior_0, self.task_prior_1, self.task_prior_2]
+        tokens = [t.unsqueeze(0).expand(b, -1, -1, -1) for t in priors]
         return self.decode(self.encoder(image), tokens)
 
     def set_class_embedding(self, task: TaskEmbedding) -> None:

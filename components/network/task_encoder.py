@@ -21,7 +21,6 @@ conv splits into an image term plus a mask term).
 from __future__ import annotations
 
 import contextlib
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +68,14 @@ def pool_masks_to_grid(masks: torch.Tensor, grid: tuple[int, int, int]) -> torch
     return torch.einsum("bmxyz,xi,yj,zk->bmijk", masks, ad, ah, aw)
 
 
+def _masked_feature_sum(feat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """float32 sum of up-sampled features inside each mask: feat[B, C, d, h, w], masks[B, M, ...] -> [B, M, C]."""
+    b, c = feat.shape[0], feat.shape[1]
+    m = masks.shape[1]
+    weights = pool_masks_to_grid(masks.float(), (feat.shape[2], feat.shape[3], feat.shape[4]))
+    return torch.bmm(weights.reshape(b, m, -1), feat.float().reshape(b, c, -1).transpose(1, 2))
+
+
 class PositionalEmbedding3D(nn.Module):
     """Learnable additive embedding[1, C, 128, 128, 128], cropped to the input's grid."""
 
@@ -113,9 +120,11 @@ class TaskEncoderStage(nn.Module):
         if self.memory_efficient:
             # float32 even under autocast: the pooled weights sum many voxels
             dev = feat.device.type
-            with torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext():
-                weights = pool_masks_to_grid(masks.float(), (feat.shape[2], feat.shape[3], feat.shape[4]))
-                total = torch.bmm(weights.reshape(b, m, -1), feat.float().reshape(b, c, -1).transpose(1, 2))
+            if torch.jit.is_scripting():  # TorchScript (model-zoo ckpt_export) has no autocast context here
+                total = _masked_feature_sum(feat, masks)
+            else:
+                with torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext():
+                    total = _masked_feature_sum(feat, masks)
             total = total.to(feat.dtype)
         else:
             up = F.interpolate(feat, size=masks.shape[-3:], mode="trilinear", align_corners=True)
@@ -130,17 +139,20 @@ class TaskEncoderStage(nn.Module):
         m = masks.shape[1]
         full = pixel_shuffle_3d(self.expand(feat), self.scale)  # [B, 1, D, H, W]
         masks = masks.to(full.dtype)
+        dd, hh, ww = masks.shape[2], masks.shape[3], masks.shape[4]
         if self.memory_efficient:
             # norm and ReLU act per channel, so conv([img, mask]) = conv_img(img) + conv_mask(mask)
-            conv = cast(nn.Conv3d, self.merge[2])
+            # (indexing and explicit sizes instead of typing.cast and *shape: torch.jit.script compiles this;
+            # mypy sees Module.__getattr__'s Tensor | Module, hence the ignores). img_term [B, 1, ...], mask_term [B*M, 1, ...]
+            weight, bias = self.merge[2].weight, self.merge[2].bias
             act_img = self.merge[1](F.instance_norm(full))
-            act_mask = self.merge[1](F.instance_norm(masks.reshape(b * m, 1, *masks.shape[2:])))
-            img_term = F.conv3d(act_img, conv.weight[:, :1], conv.bias, padding=1)  # [B, 1, ...]
-            mask_term = F.conv3d(act_mask, conv.weight[:, 1:], None, padding=1)  # [B*M, 1, ...]
-            fused = (mask_term.reshape(b, m, *mask_term.shape[2:]) + img_term).reshape(b * m, 1, *masks.shape[2:])
+            act_mask = self.merge[1](F.instance_norm(masks.reshape(b * m, 1, dd, hh, ww)))
+            img_term = F.conv3d(act_img, weight[:, :1], bias, padding=1)  # type: ignore[index,arg-type]
+            mask_term = F.conv3d(act_mask, weight[:, 1:], None, padding=1)  # type: ignore[index]
+            fused = (mask_term.reshape(b, m, dd, hh, ww) + img_term).reshape(b * m, 1, dd, hh, ww)
         else:
-            full_rep = full.unsqueeze(1).expand(-1, m, -1, -1, -1, -1).reshape(b * m, 1, *full.shape[2:])
-            mask_rep = masks.reshape(b * m, 1, *masks.shape[2:])
+            full_rep = full.unsqueeze(1).expand(-1, m, -1, -1, -1, -1).reshape(b * m, 1, dd, hh, ww)
+            mask_rep = masks.reshape(b * m, 1, dd, hh, ww)
             fused = self.merge(torch.cat([full_rep, mask_rep], dim=1))
         fused = pixel_unshuffle_3d(self.pos_embed(fused), self.scale)  # [B*M, s^3, d, h, w]
         ctx = self.squeeze(fused).reshape(b, m, c, -1) + feat.reshape(b, 1, c, -1)
@@ -156,4 +168,4 @@ class TaskEncoderStage(nn.Module):
         for layer in self.attn_layers:
             tokens = layer(ctx, tokens)
         tokens = self.norm_post(tokens)
-        return tokens.reshape(b, m, NUM_QUERY_TOKENS + 1, c)
+        return tokens.reshape(b, m, -1, c)  # 11 = NUM_QUERY_TOKENS + 1 tokens per mask

@@ -13,12 +13,13 @@ Task types (``task``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 TASKS = ("binary", "multiclass", "multilabel")
+
+# a feature map or a pyramid (deepest last); a runtime alias (not Sequence) so that torch.jit.script can compile the head
+Features = torch.Tensor | list[torch.Tensor]
 
 
 def num_outputs(task: str, num_classes: int) -> int:
@@ -34,7 +35,7 @@ def num_outputs(task: str, num_classes: int) -> int:
     return num_classes
 
 
-def deepest(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+def deepest(features: Features) -> torch.Tensor:
     """The deepest map of an encoder pyramid (ordered shallow -> deep), or the tensor itself."""
     if isinstance(features, torch.Tensor):
         return features
@@ -72,22 +73,22 @@ class AttentionPoolHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels, num_outputs(task, num_classes))
 
-    def attention_weights(self, feat: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def attention_weights(self, feat: Features) -> torch.Tensor:
         """``feat[B,C,d,h,w]`` (or a pyramid) -> weights ``[B,1,d,h,w]``, each sample summing to 1."""
         x = deepest(feat)
         if x.ndim != 5:
-            raise ValueError(f"expected a feature map [B,C,D,H,W], got shape {tuple(x.shape)}")
+            raise ValueError(f"expected a feature map [B,C,D,H,W], got shape {list(x.shape)}")
         score = self.attention(x)
         b = score.shape[0]
         return torch.softmax(score.reshape(b, -1), dim=1).reshape(score.shape)
 
-    def pool(self, feat: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def pool(self, feat: Features) -> torch.Tensor:
         """Attention-weighted sum over space: ``[B,C,d,h,w] -> [B,C]``."""
         x = deepest(feat)
         w = self.attention_weights(x)
         return (x * w).flatten(2).sum(dim=2)
 
-    def forward(self, feat: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feat: Features) -> torch.Tensor:
         """``feat[B,C,d,h,w]`` (or a pyramid, deepest last) -> ``logits[B,N]``."""
         return self.fc(self.dropout(self.pool(feat)))
 
