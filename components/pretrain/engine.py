@@ -43,6 +43,7 @@ __all__ = [
     "unwrap_model",
     "warmup_poly_lambda",
     "build_lr_scheduler",
+    "BestMetricState",
     "latest_checkpoint",
     "resume_checkpoint",
     "SampleLog",
@@ -96,6 +97,11 @@ class InContextTrainer(SupervisedTrainer):
         scaler: a ``torch.amp.GradScaler`` (used only when enabled; saved in checkpoints either way).
         check_finite: raise :class:`NonFiniteLossError` on a NaN/inf loss or gradient norm.
         ema: an ``ignite.handlers.EMAHandler`` of ``network``; attached (updated after every iteration).
+        best_metric_saver: the validator's key-metric ``CheckpointSaver`` (the one writing
+            ``models/model.pt``). Its tracker (the best score so far and its file) is saved in the
+            full-state checkpoints under ``"best_metric"`` and restored on resume, so the first
+            validation after ``--resume`` replaces ``model.pt`` only if it beats the best before the
+            kill. Checkpoints written without the key still load (the tracker starts empty).
         state_key: the trainer's key in full training-state checkpoints: every handler of
             ``train_handlers`` whose ``save_dict`` / ``load_dict`` holds ``optimizer`` (MONAI's
             ``CheckpointSaver`` / ``CheckpointLoader`` of the whole state) gets the trainer (iteration,
@@ -122,6 +128,7 @@ class InContextTrainer(SupervisedTrainer):
         check_finite: bool = True,
         ema: Any = None,
         state_key: str = "trainer",
+        best_metric_saver: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("prepare_batch", prepare_incontext_batch)
@@ -144,11 +151,14 @@ class InContextTrainer(SupervisedTrainer):
         attach_sampler = getattr(getattr(train_data_loader, "sampler", None), "attach", None)
         if callable(attach_sampler):
             attach_sampler(self)
+        best = BestMetricState(best_metric_saver) if best_metric_saver is not None else None
         for handler in kwargs.get("train_handlers") or ():
             for attr in ("save_dict", "load_dict"):
                 objects = getattr(handler, attr, None)
                 if isinstance(objects, dict) and any(v is optimizer for v in objects.values()):
                     objects[state_key] = self  # MONAI/Ignite read these dicts when saving/loading
+                    if best is not None and (attr == "save_dict" or _holds_key(handler, BestMetricState.KEY)):
+                        objects[BestMetricState.KEY] = best
 
     def _fail(self, what: str, value: float) -> None:
         raise NonFiniteLossError(
@@ -197,6 +207,41 @@ class InContextTrainer(SupervisedTrainer):
         out[Keys.PRED], out[Keys.LOSS] = logits.detach(), loss.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates and post-processes here
         return engine.state.output
+
+
+class BestMetricState:
+    """``state_dict`` / ``load_state_dict`` of a key-metric ``CheckpointSaver``'s tracker (Ignite
+    ``Checkpoint._saved``: the ``(score, filename)`` of the best model so far), for full-state checkpoints."""
+
+    KEY = "best_metric"
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    def _checkpoint(self) -> Any:
+        return getattr(self.saver, "_key_metric_checkpoint", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        ck = self._checkpoint()
+        saved = [] if ck is None else [[float(p), str(f)] for p, f in ck.state_dict()["_saved"]]
+        return {"saved": saved}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ck = self._checkpoint()
+        if ck is not None:
+            ck.load_state_dict({"_saved": [(float(p), str(f)) for p, f in state.get("saved", [])]})
+            logger.info(f"best-metric tracker restored: {ck.state_dict()['_saved']}")
+
+
+def _holds_key(loader: Any, key: str) -> bool:
+    """Whether the checkpoint a ``CheckpointLoader`` will load has ``key`` (False if it cannot be read now)."""
+    path = getattr(loader, "load_path", None)
+    if not path or not os.path.isfile(path):
+        return False
+    try:
+        return key in torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
 
 
 def warmup_poly_lambda(step: int, total_steps: int, warmup_steps: int, power: float = 0.9) -> float:

@@ -1,0 +1,74 @@
+"""Pretraining resume keeps the best model: the key-metric tracker travels in the full-state checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from components.pretrain.engine import latest_checkpoint
+from tests.pretrain._util import BUNDLE, masksets_from_labels, tiny_overrides
+
+TRAIN = str(BUNDLE / "configs" / "train.json")
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _first_epoch(tmp_path, mask_dir) -> None:
+    """Epoch 1 of a 2-epoch run, then stop (as a kill after the epoch's checkpoint would)."""
+    wf = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1))
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())
+    wf.run()
+
+
+def _workflow(overrides: dict) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=TRAIN,
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        workflow_type="train",
+        **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def mask_dir(tmp_path_factory):
+    return masksets_from_labels(tmp_path_factory.mktemp("masks"), max_ids=6)
+
+
+def test_resume_restores_best_metric_and_never_replaces_a_better_model(tmp_path, mask_dir, one_thread):
+    _first_epoch(tmp_path, mask_dir)
+    ckpt = latest_checkpoint(tmp_path / "eval" / "checkpoints")
+    state = torch.load(ckpt, weights_only=True)
+    ((score, name),) = state["best_metric"]["saved"]
+    assert name.startswith("checkpoint_key_metric") and 0.0 <= score <= 1.0
+    best = tmp_path / "models" / "model.pt"
+    before = _sha(best)
+    # pretend the epoch-1 model scored higher than any Dice can: a resumed epoch must not beat it
+    state["best_metric"]["saved"] = [[2.0, name]]
+    torch.save(state, ckpt)
+    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed.run()
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+    assert _sha(best) == before
+    new = torch.load(latest_checkpoint(tmp_path / "eval" / "checkpoints"), weights_only=True)
+    assert new["trainer"]["iteration"] == 2 and new["best_metric"]["saved"] == [[2.0, name]]
+
+
+def test_checkpoint_without_best_metric_still_resumes(tmp_path, mask_dir, one_thread):
+    _first_epoch(tmp_path, mask_dir)
+    ckpt = latest_checkpoint(tmp_path / "eval" / "checkpoints")
+    state = torch.load(ckpt, weights_only=True)
+    del state["best_metric"]  # as written before the tracker was saved
+    torch.save(state, ckpt)
+    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed.run()
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
