@@ -31,11 +31,11 @@ import torch
 from monai.engines import Workflow
 
 from components.io.atomic import atomic_json
-from components.io.errors import root_cause
+from components.io.errors import VolumeError, root_cause
 from components.io.maskset import MaskSet, MaskSetError, write_maskset
 from components.io.naming import volume_stem
 
-__all__ = ["parse_shard", "shard_datalist", "output_is_complete", "MaskGenWorkflow"]
+__all__ = ["parse_shard", "check_unique_names", "shard_datalist", "output_is_complete", "MaskGenWorkflow"]
 
 logger = logging.getLogger("mass.maskgen")
 
@@ -50,9 +50,33 @@ def parse_shard(shard: str | None = None) -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def check_unique_names(datalist: Sequence[dict], suffix: str = ".mset") -> None:
+    """Raise :class:`VolumeError` if two entries would write the same ``<stem><suffix>`` output.
+
+    Mask sets are named by the image's stem (what pretraining pairs them by), so ``a/t1.nii.gz``
+    and ``b/t1.nii.gz`` would overwrite each other. We refuse rather than rename: a renamed output
+    would no longer pair with its volume. The message names both files.
+    """
+    seen: dict[str, str] = {}
+    for d in datalist:
+        image = str(d["image"])
+        stem = volume_stem(image)
+        if stem in seen and os.path.realpath(seen[stem]) != os.path.realpath(image):
+            raise VolumeError(
+                image,
+                f"same mask-set name '{stem}{suffix}' as {seen[stem]}; give the volumes unique file names "
+                "(or run them with separate output folders)",
+            )
+        seen.setdefault(stem, image)
+
+
 def shard_datalist(datalist: Sequence[dict], shard: str | None = None) -> list[dict]:
-    """Entries ``rank, rank + world, ...`` of the datalist sorted by image path (disjoint across ranks)."""
+    """Entries ``rank, rank + world, ...`` of the datalist sorted by image path (disjoint across ranks).
+
+    Refuses a datalist in which two volumes share a stem (:func:`check_unique_names`).
+    """
     rank, world = parse_shard(shard)
+    check_unique_names(datalist)
     items = sorted(datalist, key=lambda d: str(d["image"]))
     return [dict(d) for k, d in enumerate(items) if k % world == rank]
 

@@ -62,6 +62,9 @@ def pair_masksets(
     """Add ``"masks": mask_dir/pattern.format(stem=<image stem>)`` to entries that have no ``"masks"``.
 
     Entries whose file does not exist are kept with ``"masks": None`` (skipped later with a warning).
+    A mask set that records another source image (:func:`check_maskset_source`) raises
+    :class:`VolumeError` naming both files: pairing by file name alone would train a volume on another
+    volume's masks.
     """
     out = []
     for item in data:
@@ -69,8 +72,37 @@ def pair_masksets(
         if not d.get("masks"):
             p = Path(mask_dir) / pattern.format(stem=volume_stem(d["image"]))
             d["masks"] = str(p) if p.exists() else None
+        if d["masks"]:
+            check_maskset_source(d["masks"], d["image"])
         out.append(d)
     return out
+
+
+def check_maskset_source(mask_path: str | os.PathLike, image: str | os.PathLike) -> None:
+    """Raise :class:`VolumeError` if the mask set at ``mask_path`` was made from another image than ``image``.
+
+    Same image: the same resolved path, or (a dataset moved or mounted elsewhere) the same file name
+    and, where the mask set records it (maskgen's ``source_sig``), the same file size. A mask set
+    that records no source image is accepted. Unreadable mask sets are left to the loader.
+    """
+    try:
+        ms = MaskSet.open(mask_path)
+    except MaskSetError:
+        return
+    recorded = ms.image_path
+    if not recorded:
+        return
+    if os.path.realpath(recorded) == os.path.realpath(image):
+        return
+    same_name = Path(recorded).name == Path(image).name
+    size = (ms.extra.get("source_sig") or {}).get("image_bytes")
+    try:
+        same_size = size is None or int(size) == os.path.getsize(image)
+    except OSError:
+        same_size = True
+    if same_name and same_size:
+        return
+    raise VolumeError(mask_path, f"was made from {recorded}, not from {image}; regenerate the masks for this volume")
 
 
 def _file_sig(path: str | None) -> list[Any]:
