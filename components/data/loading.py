@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
@@ -31,9 +32,29 @@ from monai.transforms import EnsureTyped, LoadImaged, MapTransform, Orientationd
 
 from components.io.errors import VolumeError
 
-__all__ = ["LoadVolumed", "CheckVolumed", "load_transforms", "load_volume"]
+__all__ = ["LoadVolumed", "CheckVolumed", "load_transforms", "load_volume", "spacing_warning", "PLAUSIBLE_SPACING_MM"]
 
 _LPS_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel/MONAI axis-code convention
+#: voxel spacings (mm) outside this range are warned about: a wrong header unit or a missing sform
+PLAUSIBLE_SPACING_MM = (0.05, 20.0)
+
+#: warnings about a volume go to this logger; maskgen copies them into its ``warnings.json``
+logger = logging.getLogger("mass.data")
+
+
+def spacing_warning(src: str, affine: Any) -> str | None:
+    """The warning line for an implausible voxel spacing (outside :data:`PLAUSIBLE_SPACING_MM`), or None."""
+    if affine is None:
+        return None
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape[0] < 4:
+        return None
+    sp = np.sqrt((a[:3, :3] ** 2).sum(0))
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if np.all((sp >= lo) & (sp <= hi)):
+        return None
+    shown = " x ".join(f"{v:g}" for v in sp)
+    return f"{src}: implausible voxel spacing {shown} mm (expected {lo:g}-{hi:g} mm); check the header's units and sform/qform"
 
 
 class LoadVolumed(LoadImaged):
@@ -112,6 +133,9 @@ class CheckVolumed(MapTransform):
             raise VolumeError(src, f"is empty (shape {shape[1:]})")
         if min(shape[1:]) < 2:
             raise VolumeError(src, f"is a single slice (shape {shape[1:]}); a 3D volume is required")
+        line = spacing_warning(src, getattr(x, "affine", None))
+        if line:
+            logger.warning(line)
         if (
             torch.is_tensor(x)
             and x.is_floating_point()

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,9 @@ from components.data.loading import LoadVolumed
 from components.fewshot.tasks import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.inference.incontext import InContextInferer, binarize
 from components.inference.labels import masks_to_labelmap
+from components.io.errors import VolumeError, error_message
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "segment_volume",
@@ -166,16 +170,21 @@ def evaluate(
     """
     check_labelled(test)
     names = [c.name for c in classes]
-    load_label = Compose([LoadVolumed("label"), LabelToMasksd("label", classes)])
+    read_label = LoadVolumed("label", dtype=None)  # native dtype: a float label map is refused, not truncated
+    to_masks = LabelToMasksd("label", classes)
     cases, failed = [], {}
     for item in test:
         try:
+            raw = read_label({"label": item["label"]})["label"]
+            check_label_values(raw, str(item["label"]))
             pred = segment_volume(predictor, item["image"], spacing, roi_size, modality, device=device)
-            gt = load_label({"label": item["label"]})["label"]
-            if tuple(gt.shape[1:]) != tuple(pred.shape[1:]):
-                raise ValueError(
-                    f"{item['label']}: label grid {tuple(gt.shape[1:])} differs from image grid {tuple(pred.shape[1:])}"
+            if tuple(raw.shape[1:]) != tuple(pred.shape[1:]):
+                raise VolumeError(
+                    item["label"],
+                    f"label grid {tuple(raw.shape[1:])} differs from image {item['image']} grid {tuple(pred.shape[1:])}",
                 )
+            check_same_affine(raw, pred, str(item["label"]), str(item["image"]))
+            gt = to_masks({"label": raw})["label"]
             vox = np.sqrt((np.asarray(gt.affine)[:3, :3] ** 2).sum(0))
             scores = score_case(pred, gt, vox.tolist(), names)
             if save_dir is not None:
@@ -190,10 +199,41 @@ def evaluate(
                 )(lab)
             cases.append({"image": str(item["image"]), "scores": scores})
         except (ValueError, OSError, RuntimeError) as exc:
-            failed[str(item["image"])] = str(exc)
+            failed[str(item["image"])] = error_message(exc)
+            logger.error("few-shot evaluation of %s failed: %s", item["image"], error_message(exc))
     result = summarize(cases, names)
     result["failed"] = failed
     return result
+
+
+def check_label_values(label: Any, path: str) -> None:
+    """Raise :class:`VolumeError` if a label map holds non-integer values (a probability map, a resampled
+    label): rounding would invent class ids, truncating would shrink every structure.
+
+    Float-typed files whose values are all whole numbers (many NIfTI labels) are accepted.
+    """
+    t = torch.as_tensor(label)
+    if t.is_floating_point():
+        bad = t[(t != torch.round(t)) | ~torch.isfinite(t)]
+        if bad.numel():
+            raise VolumeError(
+                path,
+                f"label map has {bad.numel()} non-integer values (e.g. {float(bad[0]):.4g}); class ids must be integers",
+            )
+
+
+def check_same_affine(label: Any, image: Any, label_path: str, image_path: str, atol: float = 1e-3) -> None:
+    """Raise :class:`VolumeError` if the label's affine (position, spacing, orientation) is not the image's."""
+    a, b = getattr(label, "affine", None), getattr(image, "affine", None)
+    if a is None or b is None:
+        return
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not np.allclose(a, b, atol=atol):
+        shift = float(np.abs(a[:3, 3] - b[:3, 3]).max())
+        raise VolumeError(
+            label_path,
+            f"affine (position/spacing/orientation) does not match image {image_path} (origin differs by up to {shift:.1f} mm)",
+        )
 
 
 def summarize(cases: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.io.atomic import atomic_json
+from components.io.errors import RunFailedError
 from components.network.release_checkpoint import preset_of_checkpoint
 
 __all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "sweep_and_report"]
@@ -263,7 +264,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
         result_file = run_dir / "result.json"
         error = None
         old = json.loads(result_file.read_text()) if result_file.is_file() else None
-        if old is not None and old.get("init_sha256") == fingerprint:
+        if old is not None and old.get("init_sha256") == fingerprint and not old.get("failed"):
             result = old
             status[key] = "logged (result.json existed)"
         else:
@@ -273,6 +274,11 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 result["init_sha256"] = fingerprint
                 atomic_json(result_file, result)
                 status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
+                if result.get("failed"):  # test cases that could not be scored fail the run (kept in result.json)
+                    image, reason = next(iter(result["failed"].items()))
+                    error = f"{len(result['failed'])} test case(s) failed, first: {reason}"
+                    status[key] = f"failed: {error}"
+                    logger.error("%s failed: %s", key, error)
             except Exception as exc:  # one failing run never stops the sweep
                 result, error = None, f"{type(exc).__name__}: {exc}"
                 (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -322,4 +328,10 @@ def sweep_and_report(
         status["report"] = str(write_report(status["tracking_uri"], status["experiment"], output_dir))
         logger.info("MLflow runs: mlflow ui --backend-store-uri %s", status["tracking_uri"])
         logger.info("few-shot report: %s", status["report"])
+    failed = {k: s for k, s in status["runs"].items() if s.startswith("failed")}
+    if failed:
+        lines = "\n".join(f"  {k}: {s[len('failed: ') :]}" for k, s in failed.items())
+        raise RunFailedError(
+            f"{len(failed)} of {len(status['runs'])} sweep run(s) failed (the others finished):\n{lines}"
+        )
     return status

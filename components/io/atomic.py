@@ -15,7 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_json"]
+__all__ = ["atomic_write", "atomic_json", "default_file_mode"]
+
+
+def default_file_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give: ``0o666`` less the process umask.
+
+    ``tempfile.mkstemp`` creates files ``0o600``; finished outputs get this mode instead, like every
+    other file the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any], suffix: str = ".tmp") -> None:
@@ -29,6 +40,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any], suffix: 
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

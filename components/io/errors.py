@@ -18,7 +18,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-__all__ = ["VolumeError", "exception_chain", "volume_error_of", "root_cause", "error_message"]
+__all__ = [
+    "VolumeError",
+    "OptionError",
+    "RunFailedError",
+    "exception_chain",
+    "volume_error_of",
+    "root_cause",
+    "error_message",
+]
 
 
 class VolumeError(ValueError):
@@ -28,6 +36,19 @@ class VolumeError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class OptionError(ValueError):
+    """A command-line or config option with an unusable value; ``str(err)`` is ``"<option>: <problem>"``."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        self.option = option
+        self.problem = problem
+        super().__init__(f"{option}: {problem}")
+
+
+class RunFailedError(RuntimeError):
+    """A run that went to the end but some of its parts failed (listed in the message); exit status 1."""
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

@@ -4,9 +4,13 @@ Masks live on the voxel grid of the image after ``Orientation(axcodes="RAS")`` (
 the stored ``affine`` is that RAS affine. Each mask is stored as its bounding-box crop, bit-packed
 (``np.packbits``) and zlib-compressed on its own, so reading one mask never decodes the others.
 
-File layout (format version 1, little-endian)::
+File layout (format version 2, little-endian)::
 
-    b"MASSMSET" | uint32 version | uint64 header_nbytes | header (UTF-8 JSON) | payload
+    b"MASSMSET" | uint32 version | uint64 header_nbytes | uint32 header_crc32 | header (UTF-8 JSON) | payload
+
+Version 1 files (no ``header_crc32``) are still read. The header CRC-32 makes an edited or damaged
+header (a bounding box, an offset) an error on open instead of silently scrambled masks; each mask's
+compressed bytes have their own CRC-32 in the index.
 
 The header holds ``shape``, ``affine``, ``image_path``, ``provenance`` and one index entry per
 mask: ``[offset, nbytes, x0, y0, z0, x1, y1, z1, voxels, crc32]`` (offset into the payload,
@@ -35,11 +39,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "MaskSetError", "SparseMask", "write_maskset", "MaskSet", "bbox_of"]
+from components.io.atomic import default_file_mode
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "READ_VERSIONS",
+    "MaskSetError",
+    "SparseMask",
+    "write_maskset",
+    "MaskSet",
+    "bbox_of",
+]
 
 MAGIC = b"MASSMSET"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sIQ")
+_HEADER_CRC = struct.Struct("<I")  # version >= 2
 _ZLEVEL = 6
 
 
@@ -165,11 +182,13 @@ def write_maskset(
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)))
+            f.write(_HEADER_CRC.pack(zlib.crc32(hbytes)))
             f.write(hbytes)
             for b in blobs:
                 f.write(b)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -226,20 +245,30 @@ class MaskSet:
                 magic, version, hlen = _PREFIX.unpack(pre)
                 if magic != MAGIC:
                     raise MaskSetError(f"{path}: not a mask set file (bad magic {magic!r})")
-                if version != FORMAT_VERSION:
+                if version not in READ_VERSIONS:
                     raise MaskSetError(
-                        f"{path}: unsupported mask set version {version} (this reader: {FORMAT_VERSION})"
+                        f"{path}: unsupported mask set version {version} (this reader: {', '.join(map(str, READ_VERSIONS))})"
                     )
+                crc = None
+                if version >= 2:
+                    cb = f.read(_HEADER_CRC.size)
+                    if len(cb) < _HEADER_CRC.size:
+                        raise MaskSetError(f"{path}: truncated header")
+                    (crc,) = _HEADER_CRC.unpack(cb)
+                if hlen > size:
+                    raise MaskSetError(f"{path}: truncated header")
                 hb = f.read(hlen)
             if len(hb) < hlen:
                 raise MaskSetError(f"{path}: truncated header")
+            if crc is not None and zlib.crc32(hb) != crc:
+                raise MaskSetError(f"{path}: corrupt mask set header (checksum mismatch)")
             header = json.loads(hb.decode("utf-8"))
-            ms = cls(path, header, _PREFIX.size + hlen)
+            ms = cls(path, header, _PREFIX.size + (_HEADER_CRC.size if crc is not None else 0) + hlen)
         except MaskSetError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MaskSetError(f"{path}: corrupt mask set header ({type(e).__name__}: {e})") from e
-        if ms.version != FORMAT_VERSION:
+        if ms.version != version:
             raise MaskSetError(f"{path}: header version {ms.version} differs from the file version")
         if len(ms.provenance) != len(ms):
             raise MaskSetError(f"{path}: {len(ms.provenance)} provenance entries for {len(ms)} masks")

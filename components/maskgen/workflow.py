@@ -102,6 +102,17 @@ def output_is_complete(out: Path, image: str, deep: bool = True) -> bool:
         return False
 
 
+class _WarningCatcher(logging.Handler):
+    """Collects the messages of WARNING-or-worse records while one volume is processed."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 class MaskGenWorkflow(Workflow):
     """Generate mask sets for ``data`` (a datalist).
 
@@ -184,7 +195,23 @@ class MaskGenWorkflow(Workflow):
         return res
 
     def process(self, item: dict) -> dict:
-        """Generate, post-process and write one volume; never raises for a bad volume."""
+        """Generate, post-process and write one volume; never raises for a bad volume.
+
+        Warnings logged about the volume (``mass.*`` loggers, e.g. an implausible spacing) are kept
+        in ``res["warnings"]`` and written to ``warnings<shard>.json`` by :meth:`finish`.
+        """
+        catcher = _WarningCatcher()
+        mass_logger = logging.getLogger("mass")
+        mass_logger.addHandler(catcher)
+        try:
+            res = self._process(item)
+        finally:
+            mass_logger.removeHandler(catcher)
+        if catcher.lines:
+            res["warnings"] = catcher.lines
+        return res
+
+    def _process(self, item: dict) -> dict:
         image = str(item["image"])
         case, out = volume_stem(image), self.out_path(item)
         res: dict[str, Any] = {"case": case, "image": image, "output": str(out)}
@@ -283,6 +310,9 @@ class MaskGenWorkflow(Workflow):
             "seconds": time.time() - self._t0,
         }
 
+    def warnings_file(self) -> Path:
+        return self.output_dir / f"warnings{self.shard_name}.json"
+
     def failures_file(self) -> Path:
         return self.output_dir / f"failures{self.shard_name}.json"
 
@@ -293,6 +323,8 @@ class MaskGenWorkflow(Workflow):
         fails = [{"image": r["image"], "reason": r["reason"]} for r in self.results if r["status"] == "failed"]
         atomic_json(self.output_dir / f"summary{self.shard_name}.json", {"summary": summ, "volumes": self.results})
         atomic_json(self.failures_file(), fails)
+        warned = [{"image": r["image"], "warning": w} for r in self.results for w in r.get("warnings", ())]
+        atomic_json(self.warnings_file(), warned)
         print(
             f"mask generation: {summ['n_done']} done, {summ['n_skipped']} skipped (complete), "
             f"{summ['n_failed']} failed of {summ['n_volumes']}; {summ['masks_total']} masks "
@@ -302,6 +334,8 @@ class MaskGenWorkflow(Workflow):
         )
         for f in fails:
             print(f"  FAILED {f['reason']}", file=sys.stderr)
+        if warned:
+            print(f"  {len(warned)} warning(s), listed in {self.warnings_file()}", file=sys.stderr)
         if fails and exit_on_failure:
             raise SystemExit(f"{len(fails)} volume(s) failed; reasons in {self.failures_file()}")
         return summ

@@ -77,6 +77,15 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
+def _n_items(engine: Any) -> int | None:
+    """Number of items in the dataset an engine actually iterates (None if it cannot be told)."""
+    dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
 class ProbeRecorder:
     """Trainer handler: track the best validation epoch, then write ``summary.json`` and ``head.pt``.
 
@@ -137,8 +146,19 @@ class ProbeRecorder:
         if self.best_head is None:
             self.best_head = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         atomic_write(self.head_path, lambda p: torch.save(self.best_head, p))
+        params, skipped = dict(self.params), 0
+        for key, eng in (("train_rows", engine), ("val_rows", self.validator)):
+            used = _n_items(eng)
+            if used is None:
+                continue
+            listed = params.get(key)
+            if isinstance(listed, int) and listed > used:  # rows dropped as unreadable (logged when skipped)
+                skipped += listed - used
+                params[f"{key}_listed"] = listed
+            params[key] = used
         summary = {
-            "params": self.params,
+            "params": params,
+            "skipped_rows": skipped,
             "best_epoch": self.best.get("epoch"),
             "best_mean_auc": self.best.get(self.key_metric),
             "best_auc_per_class": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -108,6 +109,42 @@ def test_header_is_json_with_version(tmp_path):
     p = tmp_path / "a.mset"
     write_maskset(p, _masks(2), np.eye(4), extra={"note": "x"})
     raw = p.read_bytes()
-    magic, version, hlen = struct.unpack("<8sIQ", raw[:20])
-    header = json.loads(raw[20 : 20 + hlen])
-    assert magic == b"MASSMSET" and version == header["version"] == 1 and header["extra"] == {"note": "x"}
+    magic, version, hlen, crc = struct.unpack("<8sIQI", raw[:24])
+    header = json.loads(raw[24 : 24 + hlen])
+    assert magic == b"MASSMSET" and version == header["version"] == 2 and header["extra"] == {"note": "x"}
+    assert crc == zlib.crc32(raw[24 : 24 + hlen])
+
+
+def _as_version_1(p):
+    """Rewrite a version-2 file as the version-1 layout (no header CRC), as older runs wrote it."""
+    raw = p.read_bytes()
+    _, _, hlen, _ = struct.unpack("<8sIQI", raw[:24])
+    header = json.loads(raw[24 : 24 + hlen])
+    header["version"] = 1
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    p.write_bytes(struct.pack("<8sIQ", b"MASSMSET", 1, len(hb)) + hb + raw[24 + hlen :])
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    p = tmp_path / "old.mset"
+    masks = _masks(3)
+    write_maskset(p, masks, np.eye(4))
+    _as_version_1(p)
+    ms = MaskSet.open(p)
+    ms.verify()
+    assert ms.version == 1 and np.array_equal(ms.get(1), masks[1])
+
+
+def test_an_edited_header_digit_is_refused_on_open(tmp_path):
+    p = tmp_path / "a.mset"
+    write_maskset(p, _masks(2), np.eye(4))
+    raw = bytearray(p.read_bytes())
+    hlen = struct.unpack("<8sIQI", raw[:24])[2]
+    header = raw[24 : 24 + hlen].decode()
+    i = header.index('"index":[[') + len('"index":[[')
+    j = header.index(",", header.index(",", i) + 1) + 1  # first bbox digit (after offset and nbytes)
+    d = header[j]
+    raw[24 + j] = ord("1" if d != "1" else "2")
+    p.write_bytes(bytes(raw))
+    with pytest.raises(MaskSetError, match="a.mset: corrupt mask set header"):
+        MaskSet.open(p)
