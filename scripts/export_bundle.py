@@ -11,6 +11,11 @@ lines, ``_target_`` strings, ``$components....`` expressions) over the modules' 
 ``monai.bundle run`` puts the bundle root on ``sys.path`` first, so the export imports its own copy; a
 module missing from it fails to import there instead of being taken from an installed ``components``.
 
+``--weights PATH`` puts a checkpoint into the export as ``models/model.pt``, the file the model zoo's
+``ckpt_export`` and the bundles' inference configs read: a plain state dict of the bundle's ``network_def``.
+A training container (``{"model": ..., "ema_model": ...}`` as mass_pretrain and the authors' release write it)
+is reduced to its EMA weights (the plain ones when it has no EMA), the weights inference uses.
+
 Every file under ``models/`` gets a ``large_files.yml`` entry (``path``, ``url``, ``hash_val`` = SHA-256,
 ``hash_type``); ``url`` stays empty unless ``--weights_url`` gives the folder the files are hosted in.
 """
@@ -150,6 +155,18 @@ def write_large_files(bundle: Path, weights_url: str = "") -> Path | None:
     return out
 
 
+def inference_state_dict(path: str | Path) -> dict:
+    """The weights inference uses from a checkpoint file: a state dict as is, a container's EMA (else plain) weights."""
+    import torch
+
+    from components.network.release_checkpoint import read_release_state_dict
+
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    return read_release_state_dict(path, prefer_ema=True)
+
+
 def export_bundle(
     name: str,
     out_dir: str,
@@ -157,6 +174,7 @@ def export_bundle(
     weights_url: str = "",
     overwrite: bool = False,
     bundles_dir: str = "",
+    weights: str = "",
 ) -> dict[str, object]:
     """Write the standalone copy of ``bundles/<name>`` to ``out_dir``; returns what was written.
 
@@ -167,6 +185,7 @@ def export_bundle(
         weights_url: folder URL the ``models/`` files are published under (``large_files.yml``).
         overwrite: replace an existing ``out_dir``.
         bundles_dir: where the bundles are (default: this repository's ``bundles/``).
+        weights: checkpoint to ship as ``models/model.pt`` (a training container is reduced to its EMA weights).
     """
     src = Path(bundles_dir or REPO / "bundles") / name
     if not (src / "configs" / "metadata.json").is_file():
@@ -191,13 +210,27 @@ def export_bundle(
         dst = out / f.relative_to(REPO)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dst)
+    if weights:
+        import torch
+
+        (out / "models").mkdir(exist_ok=True)
+        torch.save(inference_state_dict(weights), out / "models" / "model.pt")
     large = write_large_files(out, weights_url)
     return {"bundle": str(out), "modules": sorted(modules), "large_files": str(large) if large else None}
 
 
-def main(name: str, out_dir: str, include_demo: bool = False, weights_url: str = "", overwrite: bool = False) -> None:
-    """CLI: ``scripts/export_bundle.py NAME OUT_DIR [--include_demo] [--weights_url URL] [--overwrite]``."""
-    res = export_bundle(name, out_dir, include_demo=include_demo, weights_url=weights_url, overwrite=overwrite)
+def main(
+    name: str,
+    out_dir: str,
+    include_demo: bool = False,
+    weights_url: str = "",
+    overwrite: bool = False,
+    weights: str = "",
+) -> None:
+    """CLI: ``scripts/export_bundle.py NAME OUT_DIR [--weights CKPT] [--weights_url URL] [--include_demo] [--overwrite]``."""
+    res = export_bundle(
+        name, out_dir, include_demo=include_demo, weights_url=weights_url, overwrite=overwrite, weights=weights
+    )
     mods = res["modules"]
     assert isinstance(mods, list)
     print(f"{res['bundle']}: {len(mods)} modules of {PACKAGE}")

@@ -34,7 +34,9 @@ def test_bundle_files_and_metadata(name: str) -> None:
 
     assert meta["monai_version"] == monai.__version__
     assert meta["pytorch_version"] == torch.__version__.split("+")[0]
-    assert meta["numpy_version"] == numpy.__version__
+    # numpy: the newest release with Python 3.10 wheels (the zoo CI's Python), same major as the one installed here;
+    # installability on 3.10 / 3.11 is checked by tests/zoo/test_pins.py (slow)
+    assert meta["numpy_version"].split(".")[0] == numpy.__version__.split(".")[0]
     for cfg in (root / "configs").glob("*.json"):
         json.loads(cfg.read_text())  # every config is valid JSON
     for path in root.rglob("*"):

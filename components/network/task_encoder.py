@@ -143,12 +143,13 @@ class TaskEncoderStage(nn.Module):
         if self.memory_efficient:
             # norm and ReLU act per channel, so conv([img, mask]) = conv_img(img) + conv_mask(mask)
             # (indexing and explicit sizes instead of typing.cast and *shape: torch.jit.script compiles this;
-            # mypy sees Module.__getattr__'s Tensor | Module, hence the ignores). img_term [B, 1, ...], mask_term [B*M, 1, ...]
+            # and no mypy ignore comments, TorchScript parses those). img_term [B, 1, ...], mask_term [B*M, 1, ...]
             weight, bias = self.merge[2].weight, self.merge[2].bias
+            assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)  # (for mypy)
             act_img = self.merge[1](F.instance_norm(full))
             act_mask = self.merge[1](F.instance_norm(masks.reshape(b * m, 1, dd, hh, ww)))
-            img_term = F.conv3d(act_img, weight[:, :1], bias, padding=1)  # type: ignore[index,arg-type]
-            mask_term = F.conv3d(act_mask, weight[:, 1:], None, padding=1)  # type: ignore[index]
+            img_term = F.conv3d(act_img, weight[:, :1], bias, padding=1)
+            mask_term = F.conv3d(act_mask, weight[:, 1:], None, padding=1)
             fused = (mask_term.reshape(b, m, dd, hh, ww) + img_term).reshape(b * m, 1, dd, hh, ww)
         else:
             full_rep = full.unsqueeze(1).expand(-1, m, -1, -1, -1, -1).reshape(b * m, 1, dd, hh, ww)
