@@ -48,7 +48,9 @@ def run_checks(bundle: Path, excluded: dict[str, str]) -> dict[str, str]:
     return json.loads(lines[-1].removeprefix("ZOO_RESULT "))
 
 
-@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(b, marks=pytest.mark.slow) if b == "mass_pretrain" else b for b in BUNDLES]
+)  # mass_pretrain: scripting the small in-context network takes ~30 s on 2 cores
 def test_exported_bundle_passes_zoo_checks(exports, name: str) -> None:
     results = run_checks(exports[name], EXCLUDED[name])
     failed = {k: v for k, v in results.items() if not (v == "pass" or v.startswith("excluded: "))}
