@@ -187,6 +187,6 @@ def main(tracking_uri: str, out_dir: str = ".", experiment: str = "mass_fewshot"
 
 
 if __name__ == "__main__":
-    import fire
+    from components.io.cli import fire_main
 
-    fire.Fire(main)
+    fire_main(main)

@@ -307,6 +307,10 @@ def sweep_and_report(
     file fails its runs (recorded, the others go on). ``preset_from_checkpoint``: the preset of the first
     existing file among them replaces ``sweep["preset"]``.
     """
+    from components.io.checks import check_exists, check_writable_dir
+
+    check_writable_dir("output_dir", output_dir)
+    check_exists("split_file", sweep.get("split_file"), "split file")
     cfg = dict(sweep)
     inits = dict(cfg.get("inits") or {"scratch": None})
     for name, path in (("pretrained", pretrained), ("release", release)):

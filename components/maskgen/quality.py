@@ -189,6 +189,6 @@ def main(
 
 
 if __name__ == "__main__":
-    import fire
+    from components.io.cli import fire_main
 
-    fire.Fire(main, serialize=lambda _: None)
+    fire_main(main, serialize=lambda _: None)

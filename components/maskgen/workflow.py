@@ -31,7 +31,7 @@ import torch
 from monai.engines import Workflow
 
 from components.io.atomic import atomic_json
-from components.io.errors import VolumeError, root_cause
+from components.io.errors import OptionError, VolumeError, root_cause
 from components.io.maskset import MaskSet, MaskSetError, write_maskset
 from components.io.naming import volume_stem
 
@@ -45,7 +45,7 @@ def parse_shard(shard: str | None = None) -> tuple[int, int]:
     if shard:
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
         if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-            raise ValueError(f"shard must look like 'i/n' with 0 <= i < n, got {shard!r}")
+            raise OptionError("shard", f"must look like 'i/n' with 0 <= i < n, got {shard!r}")
         return int(m.group(1)), int(m.group(2))
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 

@@ -305,9 +305,15 @@ def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt
 def resume_checkpoint(ckpt_dir: str | os.PathLike, ckpt_path: str | None = None) -> str | None:
     """The checkpoint a resumed run loads: ``ckpt_path`` if given, else the newest one of ``ckpt_dir``.
 
-    Without one it logs a warning and returns None (the run starts from scratch).
+    Without one it logs a warning and returns None (the run starts from scratch). A newest checkpoint
+    that cannot be read (truncated by a kill, corrupt) is skipped with a warning naming it, and the
+    newest readable one is used; an unreadable ``ckpt_path`` raises ``CheckpointError`` naming it.
     """
-    path = ckpt_path or latest_checkpoint(ckpt_dir)
+    from components.io.checks import newest_readable_checkpoint, readable_checkpoint
+
+    if ckpt_path:
+        readable_checkpoint(ckpt_path, what="resume checkpoint")
+    path = ckpt_path or newest_readable_checkpoint(ckpt_dir)
     if path is None:
         logger.warning(f"resume requested but no checkpoint in {ckpt_dir}; starting from scratch")
     else:

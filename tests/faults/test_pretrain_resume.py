@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from components.pretrain.engine import latest_checkpoint
+from components.pretrain.engine import latest_checkpoint, resume_checkpoint
 from tests.pretrain._util import BUNDLE, masksets_from_labels, tiny_overrides
 
 TRAIN = str(BUNDLE / "configs" / "train.json")
@@ -69,6 +70,27 @@ def test_checkpoint_without_best_metric_still_resumes(tmp_path, mask_dir, one_th
     state = torch.load(ckpt, weights_only=True)
     del state["best_metric"]  # as written before the tracker was saved
     torch.save(state, ckpt)
+    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed.run()
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+
+
+def test_resume_skips_a_broken_newest_checkpoint_naming_it(tmp_path, mask_dir, one_thread):
+    _first_epoch(tmp_path, mask_dir)
+    ckpts = tmp_path / "eval" / "checkpoints"
+    good = latest_checkpoint(ckpts)
+    broken = ckpts / "checkpoint_epoch=2.pt"
+    broken.write_bytes(open(good, "rb").read()[:1000])  # a kill in the middle of torch.save
+    assert latest_checkpoint(ckpts) == str(broken)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # the bundle's logging.conf replaced the root handlers (caplog's too)
+    logging.getLogger("mass.checks").addHandler(handler)
+    try:
+        assert resume_checkpoint(ckpts) == good
+    finally:
+        logging.getLogger("mass.checks").removeHandler(handler)
+    assert any("checkpoint_epoch=2.pt" in r.getMessage() and "skipping" in r.getMessage() for r in records)
     resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
     resumed.run()
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2

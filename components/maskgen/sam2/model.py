@@ -7,7 +7,6 @@ hydra overrides below set the model size and the matching RoPE feature sizes of 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,8 +53,10 @@ def build_sam2_predictor(
     """
     from sam2.build_sam import build_sam2_video_predictor
 
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: SAM2 checkpoint not found")
+    if checkpoint is not None:  # named, tensor-only, before the model is built (never weights_only=False)
+        from components.io.checks import readable_checkpoint
+
+        readable_checkpoint(checkpoint, what="SAM2 checkpoint")
     overrides = list(size_overrides(image_size) if image_size else []) + list(extra_overrides)
     if checkpoint is None:
         torch.manual_seed(seed)

@@ -1,0 +1,230 @@
+"""Parametrised fault injection (issue 14): a bad option or input file gives exit status 2 and one
+``error: <option or file>: <problem>`` line, no traceback, and every earlier finished output keeps
+its sha256. Each case runs the real bundle config through ``python -m components.run`` in-process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.io.maskset import write_maskset
+from tests.faults._harness import (
+    DEMO,
+    finished_outputs,
+    not_a_dir,
+    pickled_checkpoint,
+    run_bundle,
+    tree_hashes,
+    truncated,
+    unchanged,
+)
+
+
+def _datalist(tmp: Path, images=("colin27_t1", "mni152_t1")) -> str:
+    p = tmp / "datalist.json"
+    p.write_text(json.dumps({"all": [{"image": str(DEMO / f"{n}.nii.gz"), "modality": "MR"} for n in images]}))
+    return str(p)
+
+
+def _pretrain(tmp: Path, fin: Path, **over) -> list[str]:
+    opts = {
+        "datalist": _datalist(tmp),
+        "mask_dir": str(fin / "masks"),
+        "output_dir": str(fin / "eval"),
+        "ckpt_dir": str(fin / "models"),
+        "preset": "tiny",
+        "spacing": "[4.0,4.0,4.0]",
+        "crop_size": "[32,32,32]",
+        "batch_size": "1",
+        "num_workers": "0",
+        "iters_per_epoch": "1",
+        "max_epochs": "1",
+        "progress_bar": "False",
+    }
+    opts.update({k: str(v) for k, v in over.items()})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
+def _maskgen(tmp: Path, fin: Path, **over) -> list[str]:
+    opts = {"dataset_dir": str(DEMO), "output_dir": str(fin / "masks"), "source": "labelmap"}
+    opts.update({k: str(v) for k, v in over.items()})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
+def _sweep(tmp: Path, fin: Path, **over) -> list[str]:
+    opts = {"dataset_dir": str(tmp / "ds"), "output_dir": str(fin / "sweep"), "pretrained": "", "report": "False"}
+    (tmp / "ds").mkdir(exist_ok=True)
+    (tmp / "ds" / "classes.json").write_text(json.dumps([{"name": "a", "label_ids": [1]}]))
+    opts.update({k: str(v) for k, v in over.items()})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
+def _ckpt(tmp: Path, kind: str) -> str:
+    src = tmp / "fin" / "eval" / "checkpoints" / "checkpoint_epoch=1.pt"
+    if kind == "truncated":
+        return str(truncated(src, tmp / "broken" / "checkpoint_epoch=2.pt"))
+    if kind == "empty":
+        p = tmp / "broken" / "empty.pt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+        return str(p)
+    if kind == "text":
+        p = tmp / "broken" / "notes.pt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("not a checkpoint")
+        return str(p)
+    if kind == "pickled":
+        return str(pickled_checkpoint(tmp / "broken" / "pickled.pt"))
+    return str(tmp / "broken" / "missing.pt")
+
+
+def _other_image_mask(tmp: Path, fin: Path) -> list[str]:
+    m = np.zeros((8, 8, 8), bool)
+    m[1:4, 1:4, 1:4] = True
+    d = tmp / "wrongmasks"
+    write_maskset(
+        d / "colin27_t1.mset",
+        [m],
+        np.eye(4),
+        image_path="/elsewhere/patientB/colin27_t1.nii.gz",
+        extra={"source_sig": {"image": "x", "image_bytes": 1}},
+    )
+    return _pretrain(tmp, fin, mask_dir=d)
+
+
+def _collision(tmp: Path, fin: Path) -> list[str]:
+    ds = tmp / "collide"
+    for sub in ("patientA", "patientB"):
+        (ds / sub).mkdir(parents=True)
+        (ds / sub / "t1.nii.gz").write_bytes((DEMO / "colin27_t1.nii.gz").read_bytes())
+    (ds / "datalist.json").write_text(
+        json.dumps({"all": [{"image": str(ds / s / "t1.nii.gz")} for s in ("patientA", "patientB")]})
+    )
+    return _maskgen(tmp, fin, dataset_dir=ds)
+
+
+Case = tuple[str, str, str, Callable[[Path, Path], list[str]], int, tuple[str, ...]]
+P, M, S = ("mass_pretrain", "train.json"), ("mass_maskgen", "inference.json"), ("mass_fewshot", "sweep.json")
+
+CASES: list[Case] = [
+    # pretraining hyper-parameters
+    ("lr-negative", *P, lambda t, f: _pretrain(t, f, lr=-0.005), 2, ("lr:", "-0.005")),
+    ("lr-nan", *P, lambda t, f: _pretrain(t, f, lr="nan"), 2, ("lr:", "nan")),
+    ("lr-inf", *P, lambda t, f: _pretrain(t, f, lr="inf"), 2, ("lr:",)),
+    ("lr-zero", *P, lambda t, f: _pretrain(t, f, lr=0), 2, ("lr:",)),
+    ("lr-text", *P, lambda t, f: _pretrain(t, f, lr="fast"), 2, ("lr:", "fast")),
+    ("batch-zero", *P, lambda t, f: _pretrain(t, f, batch_size=0), 2, ("batch_size:",)),
+    ("batch-negative", *P, lambda t, f: _pretrain(t, f, batch_size=-2), 2, ("batch_size:",)),
+    ("batch-fraction", *P, lambda t, f: _pretrain(t, f, batch_size=1.5), 2, ("batch_size:",)),
+    ("iters-zero", *P, lambda t, f: _pretrain(t, f, iters_per_epoch=0), 2, ("iters_per_epoch:",)),
+    ("epochs-zero", *P, lambda t, f: _pretrain(t, f, max_epochs=0), 2, ("max_epochs:",)),
+    ("preset-unknown", *P, lambda t, f: _pretrain(t, f, preset="huge"), 2, ("preset:", "huge")),
+    ("crop-not-16", *P, lambda t, f: _pretrain(t, f, crop_size="[33,32,32]"), 2, ("crop_size:", "tiny")),
+    ("crop-too-big", *P, lambda t, f: _pretrain(t, f, crop_size="[128,128,128]"), 2, ("crop_size:", "64")),
+    ("crop-2d", *P, lambda t, f: _pretrain(t, f, crop_size="[32,32]"), 2, ("crop_size:",)),
+    ("crop-zero", *P, lambda t, f: _pretrain(t, f, crop_size="[0,32,32]"), 2, ("crop_size:",)),
+    # pretraining files and folders
+    ("datalist-missing", *P, lambda t, f: _pretrain(t, f, datalist=t / "nope.json"), 2, ("datalist:", "nope.json")),
+    ("mask-dir-missing", *P, lambda t, f: _pretrain(t, f, mask_dir=t / "nomasks"), 2, ("mask_dir:", "nomasks")),
+    ("mask-dir-empty", *P, lambda t, f: _pretrain(t, f, mask_dir=(t / "e").mkdir() or t / "e"), 2, ("mask_dir:",)),
+    ("output-unwritable", *P, lambda t, f: _pretrain(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
+    ("ckpt-dir-unwritable", *P, lambda t, f: _pretrain(t, f, ckpt_dir=not_a_dir(t)), 2, ("ckpt_dir:", "blocker")),
+    (
+        "resume-truncated",
+        *P,
+        lambda t, f: _pretrain(t, f, resume=True, resume_path=_ckpt(t, "truncated")),
+        2,
+        ("checkpoint_epoch=2.pt:", "resume"),
+    ),
+    (
+        "resume-missing",
+        *P,
+        lambda t, f: _pretrain(t, f, resume=True, resume_path=_ckpt(t, "missing")),
+        2,
+        ("missing.pt:", "not found"),
+    ),
+    (
+        "resume-empty",
+        *P,
+        lambda t, f: _pretrain(t, f, resume=True, resume_path=_ckpt(t, "empty")),
+        2,
+        ("empty.pt:", "empty"),
+    ),
+    ("init-text", *P, lambda t, f: _pretrain(t, f, init_checkpoint=_ckpt(t, "text")), 2, ("notes.pt:",)),
+    (
+        "init-pickled",
+        *P,
+        lambda t, f: _pretrain(t, f, init_checkpoint=_ckpt(t, "pickled")),
+        2,
+        ("pickled.pt:", "pickled Python objects"),
+    ),
+    (
+        "warm-start-truncated",
+        *P,
+        lambda t, f: _pretrain(t, f, warm_start=_ckpt(t, "truncated")),
+        2,
+        ("checkpoint_epoch=2.pt:",),
+    ),
+    ("masks-of-other-image", *P, _other_image_mask, 2, ("colin27_t1.mset:", "patientB")),
+    # mask generation
+    (
+        "maskgen-dataset-missing",
+        *M,
+        lambda t, f: _maskgen(t, f, dataset_dir=t / "nodata"),
+        2,
+        ("dataset_dir:", "nodata"),
+    ),
+    (
+        "maskgen-dataset-empty",
+        *M,
+        lambda t, f: _maskgen(t, f, dataset_dir=(t / "e").mkdir() or t / "e"),
+        2,
+        ("dataset_dir:", "empty"),
+    ),
+    ("maskgen-shard-range", *M, lambda t, f: _maskgen(t, f, shard="3/2"), 2, ("shard:", "3/2")),
+    ("maskgen-shard-text", *M, lambda t, f: _maskgen(t, f, shard="half"), 2, ("shard:", "half")),
+    ("maskgen-shard-zero", *M, lambda t, f: _maskgen(t, f, shard="0/0"), 2, ("shard:",)),
+    (
+        "maskgen-output-unwritable",
+        *M,
+        lambda t, f: _maskgen(t, f, output_dir=not_a_dir(t)),
+        2,
+        ("output_dir:", "blocker"),
+    ),
+    ("sam2-missing", *M, lambda t, f: _maskgen(t, f, sam2_checkpoint=t / "sam2.pt"), 2, ("sam2.pt:", "not found")),
+    (
+        "sam2-truncated",
+        *M,
+        lambda t, f: _maskgen(t, f, sam2_checkpoint=_ckpt(t, "truncated")),
+        2,
+        ("checkpoint_epoch=2.pt:", "SAM2"),
+    ),
+    ("sam2-pickled", *M, lambda t, f: _maskgen(t, f, sam2_checkpoint=_ckpt(t, "pickled")), 2, ("pickled.pt:", "SAM2")),
+    ("sam2-text", *M, lambda t, f: _maskgen(t, f, sam2_checkpoint=_ckpt(t, "text")), 2, ("notes.pt:", "SAM2")),
+    ("maskgen-same-stem", *M, _collision, 2, ("patientA/t1.nii.gz", "patientB/t1.nii.gz", "t1.mset")),
+    # few-shot sweep
+    ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
+    ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
+]
+
+
+@pytest.mark.parametrize("name,bundle,config,options,code,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_error_line_and_keeps_outputs(
+    name, bundle, config, options, code, expected, tmp_path, capsys, monkeypatch
+):
+    fin = finished_outputs(tmp_path / "fin")
+    before = tree_hashes(fin)
+    argv = options(tmp_path, fin)
+    out = run_bundle(capsys, monkeypatch, bundle, config, *argv)
+    assert out.code == code, out.stderr[-3000:]
+    assert len(out.errors) == 1, out.stderr[-3000:]
+    line = out.errors[0]
+    for text in expected:
+        assert text in line, line
+    assert "Traceback" not in out.stderr and "weights_only=False" not in out.stderr
+    assert "Failed to evaluate" not in out.stderr and "Failed to instantiate" not in out.stderr
+    assert not unchanged(before, fin)
