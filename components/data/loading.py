@@ -89,6 +89,13 @@ class LoadVolumed(LoadImaged):
             ) from e
 
 
+def _code(v: Any) -> int | None:
+    try:
+        return int(np.asarray(v).reshape(-1)[0]) if v is not None else None
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def _source(t: Any, fallback: str) -> str:
     meta = getattr(t, "meta", None) or {}
     return str(meta.get("filename_or_obj", fallback))
@@ -136,6 +143,12 @@ class CheckVolumed(MapTransform):
         line = spacing_warning(src, getattr(x, "affine", None))
         if line:
             logger.warning(line)
+        meta = getattr(x, "meta", None) or {}
+        if _code(meta.get("qform_code")) == 0 and _code(meta.get("sform_code")) == 0:
+            logger.warning(
+                f"{src}: NIfTI header has neither qform nor sform; position and orientation are guessed "
+                "and a zero voxel spacing is read as 1 mm"
+            )
         if (
             torch.is_tensor(x)
             and x.is_floating_point()

@@ -1,0 +1,160 @@
+"""The silent wrong results of issue 14 are now errors or warnings that name the file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import types
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from components.data.loading import load_volume
+from components.fewshot.evaluate import evaluate
+from components.fewshot.tasks import FewShotClass
+from components.io.atomic import atomic_json
+from components.io.cli import guarded
+from components.io.errors import RunFailedError
+from components.io.maskset import write_maskset
+from components.maskgen.workflow import output_is_complete
+from components.probe.metrics import ProbeRecorder
+from tests.faults._harness import DEMO
+
+
+class _Catch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_finished_outputs_get_the_umask_permissions_not_0600(tmp_path, umask_022):
+    atomic_json(tmp_path / "summary.json", {"a": 1})
+    m = np.zeros((4, 4, 4), bool)
+    m[1, 1, 1] = True
+    write_maskset(tmp_path / "a.mset", [m], np.eye(4))
+    for name in ("summary.json", "a.mset"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("zooms", [(100.0, 2.0, 2.0), (2.0, 2.0, 0.0), (0.01, 0.01, 1.0)])
+def test_implausible_spacing_is_a_logged_line_naming_the_file(tmp_path, zooms):
+    data = np.random.default_rng(0).random((8, 8, 8), dtype=np.float32)
+    if 0.0 in zooms:  # a zero spacing in the header, no qform/sform
+        img = nib.Nifti1Image(data, None)
+        img.header.set_zooms(zooms)
+    else:
+        img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
+    path = tmp_path / "odd.nii.gz"
+    nib.save(img, path)
+    catch = _Catch()
+    logging.getLogger("mass.data").addHandler(catch)
+    try:
+        load_volume(path)
+    finally:
+        logging.getLogger("mass.data").removeHandler(catch)
+    assert len(catch.lines) == 1 and catch.lines[0].startswith(f"{path}: ")
+    assert ("implausible voxel spacing" if 0.0 not in zooms else "neither qform nor sform") in catch.lines[0]
+
+
+def test_plausible_spacing_is_silent():
+    catch = _Catch()
+    logging.getLogger("mass.data").addHandler(catch)
+    try:
+        load_volume(DEMO / "colin27_t1.nii.gz")
+    finally:
+        logging.getLogger("mass.data").removeHandler(catch)
+    assert catch.lines == []
+
+
+def _label_variant(tmp_path, name, shift_mm=0.0, as_float=False):
+    src = nib.load(DEMO / "colin27_seg.nii.gz")
+    data = np.asarray(src.dataobj)
+    affine = src.affine.copy()
+    affine[0, 3] += shift_mm
+    if as_float:
+        data = data.astype(np.float32) * 0.5  # a probability-like map: half-integer values
+    out = tmp_path / name
+    nib.save(nib.Nifti1Image(data, affine), out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,expected",
+    [("shifted.nii.gz", {"shift_mm": 30.0}, "affine"), ("float.nii.gz", {"as_float": True}, "non-integer values")],
+)
+def test_fewshot_label_off_grid_or_float_fails_the_case_naming_the_label(tmp_path, name, kwargs, expected, one_thread):
+    label = _label_variant(tmp_path, name, **kwargs)
+    test = [{"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(label)}]
+    predictor = lambda x: torch.zeros(x.shape[0], 1, *x.shape[2:])  # noqa: E731
+    result = evaluate(predictor, test, [FewShotClass("wm", (2,))], spacing=(6.0, 6.0, 6.0), roi_size=(32, 32, 32))
+    (reason,) = result["failed"].values()
+    assert reason.startswith(f"{label}: ") and expected in reason
+    assert result["n_cases"] == 0
+
+
+def test_a_label_stored_as_float_with_whole_values_is_accepted(tmp_path, one_thread):
+    src = nib.load(DEMO / "colin27_seg.nii.gz")
+    label = tmp_path / "float_ids.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.float32), src.affine), label)
+    test = [{"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(label)}]
+    predictor = lambda x: torch.zeros(x.shape[0], 1, *x.shape[2:])  # noqa: E731
+    result = evaluate(predictor, test, [FewShotClass("wm", (2,))], spacing=(6.0, 6.0, 6.0), roi_size=(32, 32, 32))
+    assert result["failed"] == {} and result["n_cases"] == 1
+
+
+def test_maskgen_resume_redoes_a_mask_set_with_an_edited_header(tmp_path):
+    image = DEMO / "colin27_t1.nii.gz"
+    m = np.zeros((8, 8, 8), bool)
+    m[2:6, 2:6, 2:6] = True
+    out = tmp_path / "colin27_t1.mset"
+    sig = {"image": str(image), "image_bytes": image.stat().st_size}
+    write_maskset(out, [m], np.eye(4), image_path=str(image), extra={"source_sig": sig})
+    assert output_is_complete(out, str(image))
+    raw = bytearray(out.read_bytes())
+    i = raw.index(b'"index":[[') + len(b'"index":[[')
+    j = raw.index(b",", raw.index(b",", i) + 1) + 1  # first bounding-box digit
+    raw[j] = ord("3") if raw[j] != ord("3") else ord("4")
+    out.write_bytes(bytes(raw))
+    assert not output_is_complete(out, str(image), deep=False)
+
+
+def test_probe_summary_counts_only_rows_that_were_used(tmp_path):
+    head = torch.nn.Linear(2, 2)
+    validator = types.SimpleNamespace(data_loader=types.SimpleNamespace(dataset=[0, 1]), add_event_handler=None)
+    rec = ProbeRecorder(validator, head, tmp_path, params={"train_rows": 5, "val_rows": 2})
+    trainer = types.SimpleNamespace(data_loader=types.SimpleNamespace(dataset=[0, 1, 2, 3]))  # one row unreadable
+    rec._completed(trainer)
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["params"]["train_rows"] == 4 and summary["params"]["train_rows_listed"] == 5
+    assert summary["params"]["val_rows"] == 2 and summary["skipped_rows"] == 1
+
+
+def test_sweep_with_a_failed_run_exits_1_listing_it_after_the_others(tmp_path, monkeypatch, capsys):
+    from components.fewshot import sweep
+
+    status = {"runs": {"scratch-ic-k1-s0": "done (3 s, mean Dice 0.500)", "pretrained-ic-k1-s0": "failed: x.pt: nope"}}
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg, out, uri: dict(status, tracking_uri="u", experiment="e"))
+    split = tmp_path / "split.json"
+    split.write_text("{}")
+    code = guarded(lambda: sweep.sweep_and_report({"split_file": str(split)}, tmp_path / "out", report=False))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[0] == "error: 1 of 2 sweep run(s) failed (the others finished):"
+    assert "  pretrained-ic-k1-s0: x.pt: nope" in err.splitlines()
+    with pytest.raises(RunFailedError):
+        sweep.sweep_and_report({"split_file": str(split)}, tmp_path / "out", report=False)
