@@ -35,6 +35,7 @@ __all__ = [
     "newest_readable_checkpoint",
     "check_pretrain_options",
     "check_maskgen_options",
+    "check_probe_options",
 ]
 
 logger = logging.getLogger("mass.checks")
@@ -199,5 +200,19 @@ def check_maskgen_options(output_dir: str, dataset_dir: str, sam2_checkpoint: st
     check_exists("dataset_dir", dataset_dir, "dataset")
     if sam2_checkpoint:
         readable_checkpoint(sam2_checkpoint, what="SAM2 checkpoint")
+    check_writable_dir("output_dir", output_dir)
+    return True
+
+
+def check_probe_options(
+    learning_rate: Any, batch_size: Any, preset: Any, output_dir: str, datalist: str, encoder_init: str | None = None
+) -> bool:
+    """The mass_probe bundle's training options, checked before the datalist is read."""
+    check_positive("learning_rate", learning_rate)
+    check_int_at_least("batch_size", batch_size, 1)
+    check_preset("preset", preset)
+    check_exists("datalist", datalist, "datalist")
+    if encoder_init:
+        readable_checkpoint(encoder_init, what="pretrained encoder checkpoint")
     check_writable_dir("output_dir", output_dir)
     return True

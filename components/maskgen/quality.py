@@ -90,9 +90,11 @@ def quality_summary(
 
 
 def _load_label_ras(path: str | Path) -> np.ndarray:
-    from monai.transforms import LoadImage, Orientation
+    from monai.transforms import Orientation
 
-    lab = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    from components.data.loading import LoadVolumed
+
+    lab = LoadVolumed("label")({"label": str(path)})["label"]  # a bad file: VolumeError naming it
     return np.asarray(Orientation(axcodes="RAS")(lab))[0]
 
 

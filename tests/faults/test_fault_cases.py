@@ -96,6 +96,12 @@ def _other_image_mask(tmp: Path, fin: Path) -> list[str]:
     return _pretrain(tmp, fin, mask_dir=d)
 
 
+def _csv(tmp: Path, text: str) -> str:
+    p = tmp / "probe" / "bad.csv"
+    p.write_text(text)
+    return str(p)
+
+
 def _collision(tmp: Path, fin: Path) -> list[str]:
     ds = tmp / "collide"
     for sub in ("patientA", "patientB"):
@@ -107,8 +113,30 @@ def _collision(tmp: Path, fin: Path) -> list[str]:
     return _maskgen(tmp, fin, dataset_dir=ds)
 
 
+def _probe(tmp: Path, fin: Path, rows: str | None = None, **over) -> list[str]:
+    """The probe's training on a CSV datalist holding ``rows`` (after the header ``image,label,split``)."""
+    d = tmp / "probe"
+    d.mkdir(exist_ok=True)
+    (d / "classes.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    csv = d / "datalist.csv"
+    img = DEMO / "colin27_t1.nii.gz"
+    default = f"{img},a,train\n{img},b,train\n{img},a,val\n{img},b,val\n"
+    csv.write_text("image,label,split\n" + (default if rows is None else rows))
+    opts = {
+        "datalist": str(csv),
+        "mode": "scratch",
+        "preset": "tiny",
+        "output_dir": str(fin / "probe"),
+        "spatial_size": "[32,32,32]",
+        "spacing": "[6.0,6.0,6.0]",
+    }
+    opts.update({k: str(v) for k, v in over.items()})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
 Case = tuple[str, str, str, Callable[[Path, Path], list[str]], int, tuple[str, ...]]
 P, M, S = ("mass_pretrain", "train.json"), ("mass_maskgen", "inference.json"), ("mass_fewshot", "sweep.json")
+R = ("mass_probe", "train.json")
 
 CASES: list[Case] = [
     # pretraining hyper-parameters
@@ -206,6 +234,46 @@ CASES: list[Case] = [
     ("sam2-pickled", *M, lambda t, f: _maskgen(t, f, sam2_checkpoint=_ckpt(t, "pickled")), 2, ("pickled.pt:", "SAM2")),
     ("sam2-text", *M, lambda t, f: _maskgen(t, f, sam2_checkpoint=_ckpt(t, "text")), 2, ("notes.pt:", "SAM2")),
     ("maskgen-same-stem", *M, _collision, 2, ("patientA/t1.nii.gz", "patientB/t1.nii.gz", "t1.mset")),
+    # classification probe: options and CSV datalist faults
+    ("probe-lr-negative", *R, lambda t, f: _probe(t, f, learning_rate=-1), 2, ("learning_rate:",)),
+    ("probe-batch-zero", *R, lambda t, f: _probe(t, f, batch_size=0), 2, ("batch_size:",)),
+    ("probe-csv-missing", *R, lambda t, f: _probe(t, f, datalist=t / "no.csv"), 2, ("datalist:", "no.csv")),
+    (
+        "probe-encoder-truncated",
+        *R,
+        lambda t, f: _probe(t, f, mode="frozen", pretrained=_ckpt(t, "truncated")),
+        2,
+        ("checkpoint_epoch=2.pt:", "encoder"),
+    ),
+    (
+        "probe-csv-no-image-column",
+        *R,
+        lambda t, f: _probe(t, f) + ["--datalist", _csv(t, "path,label\nx,a\n")],
+        2,
+        ("bad.csv:", "'image' column"),
+    ),
+    (
+        "probe-csv-image-missing",
+        *R,
+        lambda t, f: _probe(t, f, rows="/no/such.nii.gz,a,train\n"),
+        2,
+        ("datalist.csv", "image file not found"),
+    ),
+    (
+        "probe-csv-unknown-label",
+        *R,
+        lambda t, f: _probe(t, f, rows=f"{DEMO / 'colin27_t1.nii.gz'},zebra,train\n"),
+        2,
+        ("datalist.csv", "zebra"),
+    ),
+    (
+        "probe-csv-unknown-split",
+        *R,
+        lambda t, f: _probe(t, f, rows=f"{DEMO / 'colin27_t1.nii.gz'},a,holdout\n"),
+        2,
+        ("datalist.csv", "holdout"),
+    ),
+    ("probe-csv-no-rows", *R, lambda t, f: _probe(t, f, rows=""), 2, ("datalist.csv:", "no rows")),
     # few-shot sweep
     ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
     ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
@@ -227,4 +295,47 @@ def test_bad_input_gives_one_error_line_and_keeps_outputs(
         assert text in line, line
     assert "Traceback" not in out.stderr and "weights_only=False" not in out.stderr
     assert "Failed to evaluate" not in out.stderr and "Failed to instantiate" not in out.stderr
+    assert not unchanged(before, fin)
+
+
+def _quality(tmp: Path, fin: Path, kind: str) -> list[str]:
+    label = str(DEMO / "colin27_seg.nii.gz")
+    if kind == "missing-maskset":
+        return ["--maskset", str(tmp / "gone.mset"), "--label", label]
+    if kind == "edited-header":
+        p = tmp / "edited.mset"
+        p.write_bytes((fin / "masks" / "done.mset").read_bytes().replace(b'"index":[[0,', b'"index":[[1,', 1))
+        return ["--maskset", str(p), "--label", label]
+    if kind == "truncated-maskset":
+        return ["--maskset", str(truncated(fin / "masks" / "done.mset", tmp / "cut.mset", 0.3)), "--label", label]
+    if kind == "missing-label":
+        return ["--maskset", str(fin / "masks" / "done.mset"), "--label", str(tmp / "nolabel.nii.gz")]
+    return ["--masks_dir", str(fin / "masks"), "--datalist", str(tmp / "nodata")]
+
+
+QUALITY = [
+    ("missing-maskset", ("gone.mset:", "not found")),
+    ("edited-header", ("edited.mset:", "checksum")),
+    ("truncated-maskset", ("cut.mset:", "truncated")),
+    ("missing-label", ("nolabel.nii.gz:",)),
+    ("missing-datalist", ("nodata:",)),
+]
+
+
+@pytest.mark.parametrize("kind,expected", QUALITY, ids=[q[0] for q in QUALITY])
+def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsys):
+    from components.io.cli import fire_main
+    from components.maskgen.quality import main
+
+    fin = finished_outputs(tmp_path / "fin")
+    before = tree_hashes(fin)
+    argv = _quality(tmp_path, fin, kind)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        fire_main(main, argv, serialize=lambda _: None)
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert stop.value.code == 2, err[-2000:]
+    assert len(errors) == 1 and all(t in errors[0] for t in expected), err[-2000:]
+    assert "Traceback" not in err
     assert not unchanged(before, fin)

@@ -147,3 +147,46 @@ def test_pretrain_kill_9_then_resume_matches_uninterrupted_run_and_keeps_best_mo
     got_best = torch.load(best, weights_only=True)
     for k, v in ref_best["model"].items():  # the best model is the uninterrupted run's, not the last one
         torch.testing.assert_close(got_best["model"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def _sweep(tmp: Path, out: Path):
+    ds = tmp / "ds"
+    if not ds.exists():
+        ds.mkdir()
+        pair = lambda n: {"image": str(DEMO / f"{n}_t1.nii.gz"), "label": str(DEMO / f"{n}_seg.nii.gz")}  # noqa: E731
+        (ds / "split.json").write_text(json.dumps({"train": [pair("colin27"), pair("itk")], "test": [pair("mni152")]}))
+        (ds / "classes.json").write_text(json.dumps({"lateral_ventricles": [4, 43], "brain_stem": [16]}))
+    return _cmd(
+        "mass_fewshot",
+        "sweep.json",
+        dataset_dir=ds,
+        output_dir=out,
+        pretrained="",
+        report=False,
+        spacing="[4.0,4.0,4.0]",
+        roi_size="[32,32,32]",
+        sweep_shots="[1]",
+        sweep_seeds="[0,1,2]",
+        sweep_modes='["ic"]',
+    )
+
+
+@pytest.mark.slow
+def test_sweep_kill_9_then_rerun_keeps_finished_runs_and_completes_the_rest(tmp_path):
+    out = tmp_path / "sweep"
+    argv, cwd = _sweep(tmp_path, out)
+    first = out / "runs" / "scratch-ic-k1-s0" / "result.json"
+    _kill_when(argv, cwd, first.is_file)
+    kept = first.read_bytes()
+    again = _run(argv, cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert first.read_bytes() == kept
+    status = json.loads((out / "sweep_status.json").read_text())["runs"]
+    assert not status["scratch-ic-k1-s0"].startswith("done")  # not redone
+    assert all(status[f"scratch-ic-k1-s{s}"].startswith("done") for s in (1, 2)), status
+    ref_argv, _ = _sweep(tmp_path, tmp_path / "ref")
+    assert _run(ref_argv, cwd).returncode == 0
+    for s in (0, 1, 2):
+        got = json.loads((out / "runs" / f"scratch-ic-k1-s{s}" / "result.json").read_text())
+        want = json.loads((tmp_path / "ref" / "runs" / f"scratch-ic-k1-s{s}" / "result.json").read_text())
+        assert got["dice"] == pytest.approx(want["dice"], abs=1e-6)
