@@ -32,7 +32,15 @@ from monai.transforms import EnsureTyped, LoadImaged, MapTransform, Orientationd
 
 from components.io.errors import VolumeError
 
-__all__ = ["LoadVolumed", "CheckVolumed", "load_transforms", "load_volume", "spacing_warning", "PLAUSIBLE_SPACING_MM"]
+__all__ = [
+    "LoadVolumed",
+    "CheckVolumed",
+    "load_transforms",
+    "load_volume",
+    "spacing_warning",
+    "dicom_slice_warning",
+    "PLAUSIBLE_SPACING_MM",
+]
 
 _LPS_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel/MONAI axis-code convention
 #: voxel spacings (mm) outside this range are warned about: a wrong header unit or a missing sform
@@ -40,6 +48,41 @@ PLAUSIBLE_SPACING_MM = (0.05, 20.0)
 
 #: warnings about a volume go to this logger; maskgen copies them into its ``warnings.json``
 logger = logging.getLogger("mass.data")
+
+
+def dicom_slice_warning(folder: str | os.PathLike) -> str | None:
+    """The warning line for a DICOM series folder whose slices are not evenly spaced (a missing slice,
+    mixed series), or None. ITK reads such a series anyway and only prints its own warning."""
+    try:
+        import itk
+
+        names = list(itk.GDCMSeriesFileNames.New(Directory=str(folder)).GetInputFileNames())
+        if len(names) < 3:
+            return None
+        positions = []
+        for name in names:
+            io = itk.GDCMImageIO.New()
+            io.SetFileName(name)
+            io.ReadImageInformation()
+            value = io.GetMetaDataDictionary()["0020|0032"]
+            positions.append([float(v) for v in str(value).replace("\\", " ").split()])
+    except Exception:  # not a readable series: the loader reports that
+        return None
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        return None
+    axis = pos[-1] - pos[0]
+    length = float(np.linalg.norm(axis))
+    if length == 0:
+        return f"{folder}: all {len(names)} DICOM slices share one position; not a 3D series"
+    gaps = np.diff(pos @ (axis / length))
+    step = float(np.median(np.abs(gaps)))
+    if step > 0 and float(np.abs(np.abs(gaps) - step).max()) <= 0.01 * step:
+        return None
+    return (
+        f"{folder}: DICOM slices are not evenly spaced (gaps {float(np.abs(gaps).min()):.3g}-"
+        f"{float(np.abs(gaps).max()):.3g} mm over {len(names)} slices); a slice may be missing"
+    )
 
 
 def spacing_warning(src: str, affine: Any) -> str | None:
@@ -70,6 +113,10 @@ class LoadVolumed(LoadImaged):
             path = data[key]
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
                 raise VolumeError(path, "file does not exist")
+            if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+                line = dicom_slice_warning(path)
+                if line:
+                    logger.warning(line)
         try:
             return super().__call__(data, reader)
         except VolumeError:

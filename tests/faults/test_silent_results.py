@@ -158,3 +158,35 @@ def test_sweep_with_a_failed_run_exits_1_listing_it_after_the_others(tmp_path, m
     assert "  pretrained-ic-k1-s0: x.pt: nope" in err.splitlines()
     with pytest.raises(RunFailedError):
         sweep.sweep_and_report({"split_file": str(split)}, tmp_path / "out", report=False)
+
+
+def _dicom_series(folder, n=8):
+    import itk
+
+    arr = (np.arange(n * 16 * 16, dtype=np.int16).reshape(n, 16, 16) % 251).astype(np.int16)
+    img = itk.image_from_array(arr)
+    img.SetSpacing((2.0, 2.0, 3.0))
+    folder.mkdir()
+    names = [str(folder / f"slice{i:03d}.dcm") for i in range(n)]
+    writer = itk.ImageSeriesWriter[type(img), itk.Image[itk.SS, 2]].New(Input=img, FileNames=names)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.Update()
+    return names
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_dicom_series_with_a_missing_slice_is_a_logged_line(tmp_path, missing):
+    names = _dicom_series(tmp_path / "series")
+    if missing:
+        os.remove(names[4])
+    catch = _Catch()
+    logging.getLogger("mass.data").addHandler(catch)
+    try:
+        load_volume(tmp_path / "series")
+    finally:
+        logging.getLogger("mass.data").removeHandler(catch)
+    dicom = [ln for ln in catch.lines if "DICOM slices" in ln]
+    if missing:
+        assert len(dicom) == 1 and dicom[0].startswith(f"{tmp_path / 'series'}: DICOM slices are not evenly spaced")
+    else:
+        assert dicom == []
