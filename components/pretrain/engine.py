@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -217,6 +218,10 @@ class BestMetricState:
 
     def __init__(self, saver: Any) -> None:
         self.saver = saver
+        ck = self._checkpoint()
+        fixed = getattr(getattr(ck, "save_handler", None), "filename", None)
+        if ck is not None and fixed:  # e.g. models/model.pt: replaced atomically, never deleted first
+            ck.save_handler = AtomicFixedSaver(ck.save_handler.dirname, fixed)
 
     def _checkpoint(self) -> Any:
         return getattr(self.saver, "_key_metric_checkpoint", None)
@@ -231,6 +236,24 @@ class BestMetricState:
         if ck is not None:
             ck.load_state_dict({"_saved": [(float(p), str(f)) for p, f in state.get("saved", [])]})
             logger.info(f"best-metric tracker restored: {ck.state_dict()['_saved']}")
+
+
+class AtomicFixedSaver(BaseSaveHandler):
+    """Ignite save handler for a fixed file name (``model.pt``): each save writes a temp file and renames
+    it over the old one, and ``remove`` does nothing. Ignite's ``Checkpoint`` removes the previous best
+    before saving the new one; with MONAI's non-atomic ``DiskSaver`` a kill between the two left no
+    ``model.pt`` at all, and one during the write a truncated one."""
+
+    def __init__(self, dirname: str | os.PathLike, filename: str) -> None:
+        self.dirname, self.filename = Path(dirname), filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        from components.io.atomic import atomic_write
+
+        atomic_write(self.dirname / self.filename, lambda tmp: torch.save(checkpoint, tmp))
+
+    def remove(self, filename: str) -> None:
+        """Nothing to remove: the next save replaces the file in one rename."""
 
 
 def _holds_key(loader: Any, key: str) -> bool:

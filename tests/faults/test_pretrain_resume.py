@@ -94,3 +94,28 @@ def test_resume_skips_a_broken_newest_checkpoint_naming_it(tmp_path, mask_dir, o
     resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
     resumed.run()
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+
+
+def test_best_model_is_replaced_atomically_and_never_deleted_first(tmp_path, monkeypatch):
+    from monai.handlers import CheckpointSaver
+
+    from components.pretrain.engine import AtomicFixedSaver, BestMetricState
+
+    net = torch.nn.Linear(2, 2)
+    saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    BestMetricState(saver)
+    handler = saver._key_metric_checkpoint.save_handler
+    assert isinstance(handler, AtomicFixedSaver)
+    handler({"model": net.state_dict()}, "checkpoint_key_metric=0.1.pt")
+    before = _sha(tmp_path / "model.pt")
+    handler.remove("checkpoint_key_metric=0.1.pt")  # what Ignite does before saving a better model
+    assert _sha(tmp_path / "model.pt") == before
+
+    def killed(obj, f, *a, **k):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt  # the process dies in the middle of the write
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        handler({"model": net.state_dict()}, "checkpoint_key_metric=0.2.pt")
+    assert _sha(tmp_path / "model.pt") == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
