@@ -1,8 +1,9 @@
 """Option and file checks run before any heavy work, each failing with one ``OptionError`` /
 ``VolumeError`` line that names the option or file.
 
-The bundle configs call them from their ``initialize`` section (``check_pretrain_options`` ...), so
-a bad ``--lr`` or a read-only output folder is reported in a second, not after the data is loaded.
+Each stage's ``options`` module (``components.pretrain.options`` ...) combines them for its bundle
+config's ``initialize`` section, so a bad ``--lr`` or a read-only output folder is reported in a
+second, not after the data is loaded.
 
 Example::
 
@@ -17,7 +18,6 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,8 @@ __all__ = [
     "check_int_at_least",
     "check_writable_dir",
     "check_exists",
-    "check_preset",
-    "check_crop_size",
     "readable_checkpoint",
     "newest_readable_checkpoint",
-    "check_pretrain_options",
-    "check_maskgen_options",
-    "check_probe_options",
 ]
 
 logger = logging.getLogger("mass.checks")
@@ -93,32 +88,6 @@ def check_exists(option: str, path: str | os.PathLike | None, what: str = "file"
     return p
 
 
-def check_preset(option: str, preset: Any) -> dict:
-    """The network configuration of ``preset``; ``OptionError`` listing the known ones otherwise."""
-    from components.network.nets import PRESETS
-
-    if preset not in PRESETS:
-        raise OptionError(option, f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return dict(PRESETS[preset])
-
-
-def check_crop_size(option: str, crop: Any, preset: str) -> tuple[int, ...]:
-    """Crop size valid for ``preset``: 3 positive multiples of 16, each <= the preset's ``max_window``."""
-    from components.network.nets import DIVISOR
-
-    cfg = check_preset("preset", preset)
-    try:
-        size = tuple(int(c) for c in (crop if isinstance(crop, Sequence) and not isinstance(crop, str) else [crop]))
-    except (TypeError, ValueError):
-        raise OptionError(option, f"must be 3 whole numbers, got {crop!r}") from None
-    if len(size) != 3 or any(s <= 0 or s % DIVISOR or s > cfg["max_window"] for s in size):
-        raise OptionError(
-            option,
-            f"{list(size)} does not fit preset {preset!r}: 3 multiples of {DIVISOR}, each <= {cfg['max_window']}",
-        )
-    return size
-
-
 def readable_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Load ``path`` tensor-only (``weights_only=True``, memory-mapped when possible) or raise
     :class:`CheckpointError` naming the file. PyTorch's advice to retry with ``weights_only=False``
@@ -161,58 +130,3 @@ def newest_readable_checkpoint(folder: str | os.PathLike, pattern: str = "*check
             continue
         return str(p)
     return None
-
-
-def check_pretrain_options(
-    lr: Any,
-    batch_size: Any,
-    preset: Any,
-    crop_size: Any,
-    output_dir: str,
-    ckpt_dir: str,
-    datalist: str,
-    mask_dir: str,
-    iters_per_epoch: Any = 1,
-    max_epochs: Any = 1,
-    resume_ckpt: str | None = None,
-    init_checkpoint: str | None = None,
-    warm_start: str | None = None,
-) -> bool:
-    """The mass_pretrain bundle's options, checked before anything is loaded (config ``initialize``)."""
-    check_positive("lr", lr)
-    check_int_at_least("batch_size", batch_size, 1)
-    check_int_at_least("iters_per_epoch", iters_per_epoch, 1)
-    check_int_at_least("max_epochs", max_epochs, 1)
-    check_preset("preset", preset)
-    check_crop_size("crop_size", crop_size, preset)
-    check_exists("datalist", datalist, "datalist")
-    check_exists("mask_dir", mask_dir, "mask folder")
-    for option, p in (("init_checkpoint", init_checkpoint), ("warm_start", warm_start), ("resume_path", resume_ckpt)):
-        if p:
-            readable_checkpoint(p, what=option.replace("_", " "))
-    check_writable_dir("output_dir", output_dir)
-    check_writable_dir("ckpt_dir", ckpt_dir)
-    return True
-
-
-def check_maskgen_options(output_dir: str, dataset_dir: str, sam2_checkpoint: str | None = None) -> bool:
-    """The mass_maskgen bundle's options, checked before any volume is processed."""
-    check_exists("dataset_dir", dataset_dir, "dataset")
-    if sam2_checkpoint:
-        readable_checkpoint(sam2_checkpoint, what="SAM2 checkpoint")
-    check_writable_dir("output_dir", output_dir)
-    return True
-
-
-def check_probe_options(
-    learning_rate: Any, batch_size: Any, preset: Any, output_dir: str, datalist: str, encoder_init: str | None = None
-) -> bool:
-    """The mass_probe bundle's training options, checked before the datalist is read."""
-    check_positive("learning_rate", learning_rate)
-    check_int_at_least("batch_size", batch_size, 1)
-    check_preset("preset", preset)
-    check_exists("datalist", datalist, "datalist")
-    if encoder_init:
-        readable_checkpoint(encoder_init, what="pretrained encoder checkpoint")
-    check_writable_dir("output_dir", output_dir)
-    return True

@@ -24,30 +24,21 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from components.io.errors import OptionError, RunFailedError, VolumeError, exception_chain
+from components.io.errors import InputError, RunError, exception_chain
 
-__all__ = ["input_error_types", "classify", "guarded", "fire_main", "pop_debug"]
-
-
-def input_error_types() -> tuple[type[BaseException], ...]:
-    """Our bad-input error types (exit 2); imported lazily so this module stays light."""
-    from components.io.maskset import MaskSetError
-    from components.network.nets import SpatialSizeError
-    from components.network.release_checkpoint import ReleaseCheckpointError
-    from components.network.task_embedding import TaskEmbeddingError
-
-    return (VolumeError, OptionError, MaskSetError, ReleaseCheckpointError, SpatialSizeError, TaskEmbeddingError)
+__all__ = ["classify", "guarded", "fire_main", "pop_debug"]
 
 
 def classify(exc: BaseException) -> tuple[int, str] | None:
-    """``(exit status, message)`` for our error anywhere in the chain of ``exc``, None if none is ours."""
-    from components.pretrain.engine import NonFiniteLossError
+    """``(exit status, message)`` for our error anywhere in the chain of ``exc``, None if none is ours.
 
-    inputs = input_error_types()
+    Ours are the subclasses of :class:`InputError` (bad input, 2) and :class:`RunError` (failed run, 1),
+    defined by each stage next to the code that raises them.
+    """
     for e in exception_chain(exc):
-        if isinstance(e, inputs):
+        if isinstance(e, InputError):
             return 2, str(e)
-        if isinstance(e, (RunFailedError, NonFiniteLossError)):
+        if isinstance(e, RunError):
             return 1, str(e)
     return None
 

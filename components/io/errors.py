@@ -19,6 +19,8 @@ import os
 from collections.abc import Iterator
 
 __all__ = [
+    "InputError",
+    "RunError",
     "VolumeError",
     "OptionError",
     "RunFailedError",
@@ -29,7 +31,15 @@ __all__ = [
 ]
 
 
-class VolumeError(ValueError):
+class InputError(ValueError):
+    """Base of our bad-input errors (a file or an option the user can fix): one line, exit status 2."""
+
+
+class RunError(Exception):
+    """Base of our failed-run errors (the input was fine, the run was not): one line, exit status 1."""
+
+
+class VolumeError(InputError):
     """A volume or datalist entry that cannot be used; ``str(err)`` is ``"<path>: <problem>"``."""
 
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
@@ -38,7 +48,7 @@ class VolumeError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class OptionError(ValueError):
+class OptionError(InputError):
     """A command-line or config option with an unusable value; ``str(err)`` is ``"<option>: <problem>"``."""
 
     def __init__(self, option: str, problem: str) -> None:
@@ -47,7 +57,7 @@ class OptionError(ValueError):
         super().__init__(f"{option}: {problem}")
 
 
-class RunFailedError(RuntimeError):
+class RunFailedError(RunError, RuntimeError):
     """A run that went to the end but some of its parts failed (listed in the message); exit status 1."""
 
 

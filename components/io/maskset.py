@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from components.io.atomic import default_file_mode
+from components.io.errors import InputError
 
 __all__ = [
     "MAGIC",
@@ -60,7 +61,7 @@ _HEADER_CRC = struct.Struct("<I")  # version >= 2
 _ZLEVEL = 6
 
 
-class MaskSetError(ValueError):
+class MaskSetError(InputError):
     """A mask-set file is missing, corrupt, truncated or of an unsupported version (message starts with the path)."""
 
 

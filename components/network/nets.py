@@ -14,11 +14,12 @@ multiple of 16 and at most ``max_window`` (128: size of the learnable positional
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
+from components.io.errors import InputError, OptionError
 from components.network.blocks import Encoder
 from components.network.decoder import Decoder, DynamicKernelHead
 from components.network.task_embedding import TaskEmbedding
@@ -37,7 +38,7 @@ NUM_TOKEN_STAGES = 3
 DIVISOR = 16
 
 
-class SpatialSizeError(ValueError):
+class SpatialSizeError(InputError):
     """Input grid not usable by the network (not a multiple of 16 or above the window limit)."""
 
 
@@ -249,3 +250,25 @@ def build_network(preset: str = "small", **overrides) -> MASSNet:
     """MASSNet for a preset ("paper", "small", "tiny"); overrides: channels, num_blocks, tn, max_window,
     in_channels, memory_efficient."""
     return MASSNet(**preset_config(preset, **overrides))
+
+
+def check_preset(option: str, preset: Any) -> dict:
+    """The network configuration of ``preset``; ``OptionError`` listing the known ones otherwise."""
+    if preset not in PRESETS:
+        raise OptionError(option, f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[preset])
+
+
+def check_crop_size(option: str, crop: Any, preset: str) -> tuple[int, ...]:
+    """Crop size valid for ``preset``: 3 positive multiples of 16, each <= the preset's ``max_window``."""
+    cfg = check_preset("preset", preset)
+    try:
+        size = tuple(int(c) for c in (crop if isinstance(crop, Sequence) and not isinstance(crop, str) else [crop]))
+    except (TypeError, ValueError):
+        raise OptionError(option, f"must be 3 whole numbers, got {crop!r}") from None
+    if len(size) != 3 or any(s <= 0 or s % DIVISOR or s > cfg["max_window"] for s in size):
+        raise OptionError(
+            option,
+            f"{list(size)} does not fit preset {preset!r}: 3 multiples of {DIVISOR}, each <= {cfg['max_window']}",
+        )
+    return size

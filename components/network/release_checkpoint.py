@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from components.io.errors import InputError
 from components.network.blocks import Encoder
 
 # release key prefix -> our key prefix (identity: our modules use the release's names)
@@ -27,7 +28,7 @@ PLAIN_CONTAINERS = ("model", "state_dict", "model_state_dict")
 BOOKKEEPING_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel counter
 
 
-class ReleaseCheckpointError(ValueError):
+class ReleaseCheckpointError(InputError):
     """A checkpoint cannot be read or does not fit the network; the message says why."""
 
     def __init__(

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from components.io.atomic import atomic_write
+from components.io.errors import InputError
 
 FORMAT = "mass-task-embedding"
 VERSION = 1
 
 
-class TaskEmbeddingError(ValueError):
+class TaskEmbeddingError(InputError):
     """A task-embedding file or object is unusable; the message names the file and the problem."""
 
 

@@ -37,6 +37,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from components.io.errors import RunError
+
 __all__ = [
     "NonFiniteLossError",
     "prepare_incontext_batch",
@@ -53,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunError, FloatingPointError):
     """The loss (or gradient norm) became NaN/inf; the message names the iteration and epoch."""
 
 
