@@ -12,7 +12,7 @@ import pytest
 
 from tests.zoo._exports import BUNDLES, REPO
 
-IMPORT_TO_DIST = {"skimage": "scikit-image", "ignite": "pytorch-ignite"}
+IMPORT_TO_DIST = {"skimage": "scikit-image", "ignite": "pytorch-ignite", "itk": "itk-io"}  # itk-io: ITK readers only
 CORE = {"torch", "monai", "numpy"}  # pinned by pytorch_version / monai_version / numpy_version
 # packages MONAI imports for a bundle (optional imports inside MONAI), found by what the configs/code use
 THROUGH_MONAI = {
