@@ -20,6 +20,21 @@ __all__ = ["AdaptiveTverskyBCELoss", "DiceBCELoss"]
 _NEG_LOGIT = -1.0e4
 
 
+def valid_channels(
+    name: str, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, padding_value: float | None
+) -> torch.Tensor:
+    """``[B, M]`` bool of the (sample, mask) channels that count: ``valid`` if given (shape checked), else
+    the channels whose target is not ``padding_value`` everywhere (all when ``padding_value`` is None)."""
+    b, m = logits.shape[:2]
+    if valid is None:
+        if padding_value is None:
+            return torch.ones(b, m, dtype=torch.bool, device=logits.device)
+        return ~(target == padding_value).flatten(2).all(dim=2)
+    if tuple(valid.shape) != (b, m):
+        raise ValueError(f"{name}: valid must have shape [B, M]={(b, m)}, got {tuple(valid.shape)}")
+    return valid.to(device=logits.device, dtype=torch.bool)
+
+
 class DiceBCELoss(nn.Module):
     """``dice_weight * Dice(sigmoid(logits), target) + bce_weight * BCEWithLogits(logits, target)``.
 
@@ -78,16 +93,6 @@ class DiceBCELoss(nn.Module):
             reduction="none",
         )
 
-    def _valid_mask(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        b, m = logits.shape[:2]
-        if valid is None:
-            if self.padding_value is None:
-                return torch.ones(b, m, dtype=torch.bool, device=logits.device)
-            return ~(target == self.padding_value).flatten(2).all(dim=2)
-        if tuple(valid.shape) != (b, m):
-            raise ValueError(f"DiceBCELoss: valid must have shape [B, M]={(b, m)}, got {tuple(valid.shape)}")
-        return valid.to(device=logits.device, dtype=torch.bool)
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of ``logits[B, M, *spatial]`` against ``target`` (same shape) over valid channels."""
         if logits.shape != target.shape:
@@ -96,7 +101,7 @@ class DiceBCELoss(nn.Module):
             )
         if logits.ndim < 3:
             raise ValueError(f"DiceBCELoss: expected [B, M, *spatial], got {tuple(logits.shape)}")
-        keep = self._valid_mask(logits, target, valid)  # [B, M]
+        keep = valid_channels("DiceBCELoss", logits, target, valid, self.padding_value)  # [B, M]
         n_valid = keep.sum()
         if n_valid == 0:
             # nothing to learn from; keep the graph so backward() still works
@@ -193,18 +198,7 @@ class AdaptiveTverskyBCELoss(nn.Module):
             )
         if logits.ndim < 3:
             raise ValueError(f"AdaptiveTverskyBCELoss: expected [B, M, *spatial], got {tuple(logits.shape)}")
-        b, m = logits.shape[:2]
-        if valid is None:
-            if self.padding_value is None:
-                keep = torch.ones(b, m, dtype=torch.bool, device=logits.device)
-            else:
-                keep = ~(target == self.padding_value).flatten(2).all(dim=2)
-        else:
-            if tuple(valid.shape) != (b, m):
-                raise ValueError(
-                    f"AdaptiveTverskyBCELoss: valid must have shape [B, M]={(b, m)}, got {tuple(valid.shape)}"
-                )
-            keep = valid.to(device=logits.device, dtype=torch.bool)
+        keep = valid_channels("AdaptiveTverskyBCELoss", logits, target, valid, self.padding_value)
         zero = logits.sum() * 0.0
         if not bool(keep.any()):
             return zero, zero, zero  # nothing to learn from; the graph stays for backward()
