@@ -22,13 +22,21 @@ import logging
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import EnsureTyped, LoadImaged, MapTransform, Orientationd, Spacingd, Transform
+from monai.transforms import (
+    EnsureChannelFirst,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    Spacingd,
+    Transform,
+)
 
 from components.io.errors import VolumeError
 
@@ -37,6 +45,7 @@ __all__ = [
     "CheckVolumed",
     "load_transforms",
     "load_volume",
+    "ResampleSpacingd",
     "spacing_warning",
     "dicom_slice_warning",
     "PLAUSIBLE_SPACING_MM",
@@ -100,17 +109,50 @@ def spacing_warning(src: str, affine: Any) -> str | None:
     return f"{src}: implausible voxel spacing {shown} mm (expected {lo:g}-{hi:g} mm); check the header's units and sform/qform"
 
 
+def _describe(value: Any) -> str:
+    """A short name for a value that is not a path (never the value itself: it may be a whole volume)."""
+    shape = getattr(value, "shape", None)
+    return f"<in-memory {type(value).__name__}{' of shape ' + str(tuple(shape)) if shape is not None else ''}>"
+
+
 class LoadVolumed(LoadImaged):
-    """``LoadImaged`` (channel first) whose failures become :class:`VolumeError` naming the file."""
+    """``LoadImaged`` (channel first) whose failures become :class:`VolumeError` naming the file.
+
+    A key may also hold a volume already in memory (a MONAI ``MetaTensor``, a tensor or a NumPy array,
+    ``[X, Y, Z]`` or channel-first ``[1, X, Y, Z]``), as MONAI Deploy's bundle operator and MONAI Label
+    pass them: it is used as is (made channel-first with MONAI ``EnsureChannelFirst``, which reads the
+    ``original_channel_dim`` metadata), so one preprocessing serves files and in-memory images.
+    """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("ensure_channel_first", True)
         kwargs.setdefault("image_only", True)
         super().__init__(keys, allow_missing_keys=allow_missing_keys, **kwargs)
+        self.channel_first = bool(kwargs["ensure_channel_first"])
+
+    def _in_memory(self, value: Any) -> MetaTensor:
+        x = value if isinstance(value, MetaTensor) else MetaTensor(torch.as_tensor(np.asarray(value)))
+        x.meta.setdefault("filename_or_obj", _describe(value))  # what error messages name
+        if x.ndim == 3 and "original_channel_dim" not in x.meta:
+            x.meta["original_channel_dim"] = float("nan")  # MONAI's marker for "no channel dimension"
+        if self.channel_first and (x.ndim == 3 or x.meta.get("original_channel_dim") is not None):
+            try:
+                x = cast(MetaTensor, EnsureChannelFirst()(x))
+            except ValueError as e:
+                raise VolumeError(
+                    _describe(value), f"cannot be used as a volume ({str(e).splitlines()[0][:200]})"
+                ) from e
+        return x
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
-        for key in self.key_iterator(dict(data)):
-            path = data[key]
+        d = dict(data)
+        in_memory = [k for k in self.key_iterator(d) if isinstance(d[k], (torch.Tensor, np.ndarray))]
+        for key in in_memory:
+            d[key] = self._in_memory(d[key])
+        paths = {k: d[k] for k in self.key_iterator(d) if k not in in_memory}
+        if not paths:
+            return d
+        for path in paths.values():
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
                 raise VolumeError(path, "file does not exist")
             if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
@@ -118,22 +160,23 @@ class LoadVolumed(LoadImaged):
                 if line:
                     logger.warning(line)
         try:
-            return super().__call__(data, reader)
+            loaded = super().__call__({k: v for k, v in d.items() if k not in in_memory}, reader)
         except VolumeError:
             raise
         except Exception as e:  # readers raise many types (OSError, EOFError, RuntimeError, ...)
-            name = next(
-                (data[k] for k in self.key_iterator(dict(data)) if isinstance(data[k], (str, os.PathLike))), "?"
-            )
-            for k in self.key_iterator(dict(data)):  # name the file that actually fails
+            name = next((str(v) for v in paths.values() if isinstance(v, (str, os.PathLike))), None)
+            for k, v in paths.items():  # name the file that actually fails
                 try:
-                    LoadImaged(k, ensure_channel_first=False, image_only=True)({k: data[k]})
+                    LoadImaged(k, ensure_channel_first=False, image_only=True)({k: v})
                 except Exception:
-                    name = data[k]
+                    name = str(v) if isinstance(v, (str, os.PathLike)) else _describe(v)
                     break
             raise VolumeError(
-                name, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                name or _describe(next(iter(paths.values()))),
+                f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
             ) from e
+        loaded.update({k: d[k] for k in in_memory})
+        return loaded
 
 
 def _code(v: Any) -> int | None:
@@ -244,6 +287,30 @@ class CheckVolumed(MapTransform):
         return d
 
 
+class ResampleSpacingd(Spacingd):
+    """MONAI ``Spacingd`` that leaves non-metadata entries named ``<key>_*`` alone.
+
+    Since MONAI 1.6.0, ``Spacingd`` calls ``.update(meta)`` on every entry whose name starts with
+    ``"<key>_"`` (meant for ``image_meta_dict``) when the volume came from a NIfTI file. MONAI Label puts
+    the image's path, a string, under ``image_path``, so every request failed with ``'str' object has no
+    attribute 'update'``. Entries that are not mappings are set aside during the call and put back.
+    Upstream, checking ``isinstance(d[meta_key], MutableMapping)`` in ``Spacingd.__call__`` would remove
+    the need for this class.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        prefixes = tuple(f"{k}_" for k in self.keys if isinstance(k, str))
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
+        out = dict(super().__call__(d, lazy=lazy))
+        out.update(aside)
+        return out
+
+
 def load_transforms(
     keys: Sequence[str] = ("image", "label"),
     spacing: Sequence[float] | None = None,
@@ -266,7 +333,7 @@ def load_transforms(
     ]
     if spacing is not None:
         modes = ["bilinear" if k == image_key else "nearest" for k in keys]
-        xs.append(Spacingd(keys, pixdim=tuple(spacing), mode=modes, allow_missing_keys=allow_missing_keys))
+        xs.append(ResampleSpacingd(keys, pixdim=tuple(spacing), mode=modes, allow_missing_keys=allow_missing_keys))
     return xs
 
 

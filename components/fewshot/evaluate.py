@@ -33,7 +33,7 @@ from monai.transforms import Compose, Invertd, SaveImage
 
 from components.data.loading import LoadVolumed
 from components.fewshot.tasks import FewShotClass, LabelToMasksd, check_labelled, preprocessing
-from components.inference.incontext import InContextInferer, binarize
+from components.inference.incontext import VolumeInferer, binarize
 from components.inference.labels import masks_to_labelmap
 from components.io.errors import VolumeError, error_message
 
@@ -61,13 +61,13 @@ def segment_volume(
     """Masks ``[M, X, Y, Z]`` (uint8) of one volume, on the image file's own grid and affine.
 
     ``predictor(window[B, 1, *roi]) -> logits[B, M, *roi]``; windows overlap by 0.5 with Gaussian
-    blending of the sigmoid probabilities (:class:`~components.inference.incontext.InContextInferer`).
+    blending of the sigmoid probabilities and padding with the volume's minimum
+    (:class:`~components.inference.incontext.VolumeInferer`, the inferer of the bundle's configs).
     """
     pre = Compose(preprocessing(("image",), spacing=spacing, modality=modality))
     d = pre({"image": str(image_path)})
     image = d["image"]
-    inferer = InContextInferer(roi_size=roi_size, overlap=0.5, mode="gaussian", task=0)
-    probs = inferer(image[None].float().to(device), lambda x, _task: predictor(x))[0].cpu()
+    probs = VolumeInferer(roi_size=roi_size)(image[None].float().to(device), predictor)[0].cpu()
     masks = binarize(probs, threshold=0.5, largest_component=largest_component)
     pred = MetaTensor(masks.float(), meta=dict(image.meta), applied_operations=list(image.applied_operations))
     out = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)({"image": image, "pred": pred})

@@ -1,8 +1,12 @@
-"""In-context inference on volumes of any size.
+"""Sliding-window inference on volumes of any size, one definition for every MASS segmenter.
 
-* :class:`InContextInferer` — a MONAI ``Inferer``: runs ``net.segment(window, task)`` over the query
-  with MONAI's ``SlidingWindowInferer`` (window <= 128^3, overlap 0.5, Gaussian blending); the task
-  embedding is computed once and shared by every window.
+* :class:`VolumeInferer` — a MONAI ``Inferer`` for fixed-class networks (``net(window) -> logits``):
+  MONAI's ``SlidingWindowInferer`` with the MASS conventions (window shrunk to small volumes, padding
+  with the volume's minimum, sigmoid per window then Gaussian blending, overlap 0.5). The few-shot
+  sweep, ``evaluate.json``, ``inference.json``, validation in ``train.json``, MONAI Label and the
+  Deploy app all use it, so a deployed model gives exactly the numbers the evaluation reported.
+* :class:`InContextInferer` — the same, running ``net.segment(window, task)``; the task embedding is
+  computed once and shared by every window.
 * :func:`binarize` — threshold (MONAI ``AsDiscrete``) and optional largest connected component per
   mask channel (MONAI ``KeepLargestConnectedComponent``).
 
@@ -20,7 +24,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import AsDiscrete, KeepLargestConnectedComponent
 from monai.utils import convert_to_tensor
 
-__all__ = ["InContextInferer", "binarize", "fit_roi"]
+__all__ = ["VolumeInferer", "InContextInferer", "binarize", "fit_roi"]
 
 DIVISOR = 16  # every window dim must be a multiple of this (4 poolings)
 MAX_WINDOW = 128  # size of the learnable positional embedding
@@ -50,8 +54,8 @@ def fit_roi(
     return tuple(fitted)  # type: ignore[return-value]
 
 
-class InContextInferer(Inferer):
-    """Sliding-window in-context segmentation of a query volume.
+class VolumeInferer(Inferer):
+    """Sliding-window segmentation of a whole volume by a fixed-class network.
 
     Args:
         roi_size: window size, each dim a multiple of 16 and <= the network's ``max_window``.
@@ -61,21 +65,12 @@ class InContextInferer(Inferer):
         sw_batch_size: windows per network call.
         output: ``"probabilities"`` (sigmoid per window, then blended, as the release) or ``"logits"``.
         padding_value: fill for volumes smaller than the window; ``None`` uses the query's minimum
-            (background of a z-scored scan rather than mid-grey 0).
+            (background of a z-scored scan rather than mid-grey 0, which MONAI's inferer would use).
         shrink_roi: shrink the window to the volume (rounded up to 16) where the volume is smaller.
         sw_device / device: as MONAI ``SlidingWindowInferer`` (window compute / output device).
-        task: default TaskEmbedding used when ``__call__`` gets none (lets a MONAI evaluator call
-            ``inferer(inputs, network)``).
 
-    Call: ``inferer(query[B, 1, D, H, W], net, task) -> [B, M, D, H, W]`` (float32) where ``net`` has
-    ``segment(window, task)`` or is a callable ``f(window, task)``.
-
-    Example::
-
-        inferer = InContextInferer(roi_size=128)
-        task = net.encode_task(ref_image, ref_masks)        # once
-        probs = inferer(query, net, task)                   # any query size
-        masks = binarize(probs, largest_component=True)
+    Call: ``inferer(image[B, 1, D, H, W], net) -> [B, M, D, H, W]`` (float32), ``net(window) -> logits``
+    (an ``nn.Module``, a TorchScript module or any callable).
     """
 
     def __init__(
@@ -91,7 +86,6 @@ class InContextInferer(Inferer):
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
-        task: Any = None,
     ) -> None:
         super().__init__()
         self.roi_size = _triple(roi_size, "roi_size")
@@ -111,37 +105,25 @@ class InContextInferer(Inferer):
         self.sw_device = sw_device
         self.device = device
         self.progress = progress
-        self.task = task
 
     def window_for(self, spatial_size: Sequence[int], network: Any = None) -> tuple[int, int, int]:
         """The window used for a query grid (clipped to ``network.max_window`` when it has one)."""
         roi = self.roi_size
         max_window = getattr(network, "max_window", None)
-        if max_window is not None and max(roi) > max_window:
+        if isinstance(max_window, int) and max(roi) > max_window:
             raise ValueError(f"roi_size {roi} exceeds the network's max_window {max_window}")
         return fit_roi(spatial_size, roi) if self.shrink_roi else roi
 
-    @staticmethod
-    def encode_task(network: Any, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> Any:
-        """``network.encode_task`` without gradients (reference already cropped to a valid window)."""
-        with torch.no_grad():
-            return network.encode_task(ref_image, ref_masks)
-
-    def __call__(self, inputs: torch.Tensor, network: Any, task: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """query[B, 1, D, H, W] -> probabilities or logits [B, M, D, H, W] on the full query grid."""
-        task = self.task if task is None else task
-        if task is None:
-            raise ValueError("InContextInferer needs a task embedding: pass task=... or set inferer.task")
+    def slide(
+        self, inputs: torch.Tensor, window_fn: Callable[[torch.Tensor], torch.Tensor], network: Any
+    ) -> torch.Tensor:
+        """Run ``window_fn(window) -> logits`` over ``inputs[B, C, D, H, W]`` with the settings above."""
         if inputs.dim() != 5:
-            raise ValueError(f"query must be [B, C, D, H, W], got shape {tuple(inputs.shape)}")
-        segment: Callable[[torch.Tensor, Any], torch.Tensor] = getattr(network, "segment", network)
-        window_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
-        if hasattr(task, "to"):
-            task = task.to(window_device)
+            raise ValueError(f"image must be [B, C, D, H, W], got shape {tuple(inputs.shape)}")
         want_probs = self.output == "probabilities"
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
-            logits = segment(window, task, *args, **kwargs)
+            logits = window_fn(window)
             return torch.sigmoid(logits.float()) if want_probs else logits.float()
 
         cval = float(inputs.min()) if self.padding_value is None else float(self.padding_value)
@@ -158,6 +140,49 @@ class InContextInferer(Inferer):
             progress=self.progress,
         )
         return cast(torch.Tensor, sliding(inputs.float(), predictor))  # one tensor out: the predictor returns one
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """image[B, 1, D, H, W] -> probabilities or logits [B, M, D, H, W] on the full image grid."""
+        return self.slide(inputs, lambda window: network(window, *args, **kwargs), network)
+
+
+class InContextInferer(VolumeInferer):
+    """Sliding-window in-context segmentation of a query volume (:class:`VolumeInferer` settings).
+
+    Extra argument ``task``: default TaskEmbedding used when ``__call__`` gets none (lets a MONAI
+    evaluator call ``inferer(inputs, network)``).
+
+    Call: ``inferer(query[B, 1, D, H, W], net, task) -> [B, M, D, H, W]`` (float32) where ``net`` has
+    ``segment(window, task)`` or is a callable ``f(window, task)``.
+
+    Example::
+
+        inferer = InContextInferer(roi_size=128)
+        task = net.encode_task(ref_image, ref_masks)        # once
+        probs = inferer(query, net, task)                   # any query size
+        masks = binarize(probs, largest_component=True)
+    """
+
+    def __init__(self, roi_size: int | Sequence[int] = MAX_WINDOW, *args: Any, task: Any = None, **kwargs: Any) -> None:
+        super().__init__(roi_size, *args, **kwargs)
+        self.task = task
+
+    @staticmethod
+    def encode_task(network: Any, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> Any:
+        """``network.encode_task`` without gradients (reference already cropped to a valid window)."""
+        with torch.no_grad():
+            return network.encode_task(ref_image, ref_masks)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, task: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """query[B, 1, D, H, W] -> probabilities or logits [B, M, D, H, W] on the full query grid."""
+        task = self.task if task is None else task
+        if task is None:
+            raise ValueError("InContextInferer needs a task embedding: pass task=... or set inferer.task")
+        segment: Callable[[torch.Tensor, Any], torch.Tensor] = getattr(network, "segment", network)
+        window_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
+        if hasattr(task, "to"):
+            task = task.to(window_device)
+        return self.slide(inputs, lambda window: segment(window, task, *args, **kwargs), network)
 
 
 def binarize(

@@ -9,7 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose
+import torch
+from monai.transforms import Compose, Spacingd
 
 from components.data.loading import CheckVolumed, load_transforms, load_volume
 from components.io.errors import VolumeError, volume_error_of
@@ -173,3 +174,41 @@ def test_check_volumed_one_bad_case_does_not_affect_others(tmp_path: Path, demo_
             errors.append(str(e))
     assert len(ok) == 2 and len(errors) == 1 and errors[0].startswith(str(bad))
     assert isinstance(CheckVolumed("image"), CheckVolumed)
+
+
+def test_in_memory_volume_gives_the_file_result(demo_data: Path) -> None:
+    """MONAI Deploy hands the bundle a MetaTensor without a channel ([X, Y, Z], original_channel_dim
+    'no_channel'); the preprocessing must give exactly what it gives from the file."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    path = str(demo_data / "itk_t1.nii.gz")
+    pre = Compose(load_transforms(("image",), spacing=(3.0, 3.0, 3.0)))
+    from_file = pre({"image": path})["image"]
+    raw = load_transforms(("image",))[0]({"image": path})["image"]
+    meta = {k: v for k, v in raw.meta.items() if k != "original_channel_dim"}
+    meta["original_channel_dim"] = "no_channel"
+    from_memory = pre({"image": MetaTensor(raw[0].numpy().copy(), affine=raw.affine, meta=meta)})["image"]
+    assert from_memory.shape == from_file.shape
+    assert torch.equal(from_memory.as_tensor(), from_file.as_tensor())
+    np.testing.assert_allclose(from_memory.affine, from_file.affine, atol=1e-6)
+    plain = pre({"image": raw.numpy()})["image"]  # a channel-first array without metadata is used as is
+    assert plain.shape[0] == 1
+
+
+def test_bad_in_memory_volume_is_described_not_printed() -> None:
+    with pytest.raises(VolumeError) as err:
+        _load_pair({"image": np.zeros((3, 8, 8, 8, 2), np.float32)})
+    message = str(err.value)
+    assert "in-memory ndarray of shape (3, 8, 8, 8, 2)" in message and "0." not in message
+
+
+def test_spacing_leaves_monai_label_path_entries_alone(demo_data: Path) -> None:
+    """MONAI Label adds ``image_path`` (a string); MONAI 1.6's Spacingd would call .update() on it."""
+    path = str(demo_data / "mni152_t1.nii.gz")
+    out = Compose(load_transforms(("image",), spacing=(3.0, 3.0, 3.0)))({"image": path, "image_path": path})
+    assert out["image_path"] == path and tuple(out["image"].shape[1:]) == (52, 63, 54)
+    with pytest.raises(AttributeError, match="'str' object has no attribute 'update'"):  # MONAI's own Spacingd
+        d: dict = {"image": path, "image_path": path}
+        for t in [*load_transforms(("image",)), Spacingd("image", pixdim=(3.0, 3.0, 3.0))]:
+            d = t(d)

@@ -9,7 +9,7 @@ import jsonschema
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from components.network.nets import FixedClassNet
 
@@ -61,7 +61,15 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     assert not list(jsonschema.Draft201909Validator(schema).iter_errors(meta))
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())
-    assert list(channel_def.values()) == inference["class_names"]
+    # label values, MONAI Label's /info labels and train.json's classes share one numbering: 0 background, 1..N
+    names = inference["class_names"]
+    assert channel_def == {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}}
+    assert meta["network_data_format"]["post_processed_outputs"]["pred"]["channel_def"] == channel_def
+    for name in ("train.json", "evaluate.json", "incontext.json"):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / "configs" / name))
+        assert parser.get_parsed_content("class_names") == names, name
+        assert parser.get_parsed_content("classes") == {n: [i + 1] for i, n in enumerate(names)}, name
     wf = _workflow(  # the demo override gives the split and the classes (the defaults read /workspace/data)
         ["train.json", "demo.json"],
         "train",
@@ -72,6 +80,42 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     wf.initialize()
     assert wf.check_properties() == []
     net = wf.parser.get_parsed_content("network")
-    assert isinstance(net, FixedClassNet) and net.num_classes == len(channel_def)
+    assert isinstance(net, FixedClassNet) and net.num_classes == len(channel_def) - 1
     # class embeddings start from the averaged task embedding of the training reference(s)
     assert (tmp_path / "init_task.pt").is_file()
+
+
+def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: Path) -> None:
+    """`monai.bundle run` of inference.json gives voxel for voxel the label map the few-shot sweep scored.
+
+    MNI152 at 3 mm is 51 x 63 x 53 voxels, smaller than the 64^3 window in every dim: padding (the volume's
+    minimum, not 0) and blending (sigmoid per window) must be the sweep's for the maps to agree.
+    """
+    import subprocess
+    import sys
+
+    from components.fewshot.evaluate import evaluate
+    from components.fewshot.sweep import _fixed_class_predictor
+    from components.fewshot.tasks import parse_classes
+
+    inference = json.loads((BUNDLE / "configs/inference.json").read_text())
+    names = inference["class_names"]
+    torch.manual_seed(3)
+    net = FixedClassNet("tiny", num_classes=len(names))
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    classes = parse_classes({n: [i + 1] for i, n in enumerate(names)})
+    test = [{"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}]
+    predictor = _fixed_class_predictor(inference["preset"], len(names), ckpt, "cpu")
+    evaluate(predictor, test, classes, inference["spacing"], inference["roi_size"], save_dir=tmp_path / "sweep")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd += ["--ckpt_path", str(ckpt), "--dataset_dir", str(demo_data), "--image_pattern", "mni152_t1.nii.gz"]
+    cmd += ["--output_dir", str(tmp_path / "bundle"), "--logging_file", "configs/logging.conf"]
+    subprocess.run(cmd, cwd=BUNDLE, check=True, capture_output=True, timeout=600)
+    swept = nib.load(tmp_path / "sweep" / "mni152_t1_fewshot.nii.gz")
+    deployed = nib.load(tmp_path / "bundle" / "mni152_t1_seg.nii.gz")
+    a, b = np.asarray(swept.dataobj), np.asarray(deployed.dataobj)
+    assert a.shape == b.shape == nib.load(test[0]["image"]).shape
+    np.testing.assert_allclose(swept.affine, deployed.affine, atol=1e-5)
+    assert len(np.unique(a)) > 2, "the check needs a prediction with several classes"
+    assert int((a != b).sum()) == 0
