@@ -16,6 +16,10 @@ module missing from it fails to import there instead of being taken from an inst
 A training container (``{"model": ..., "ema_model": ...}`` as mass_pretrain and the authors' release write it)
 is reduced to its EMA weights (the plain ones when it has no EMA), the weights inference uses.
 
+``--torchscript`` (with weights) also writes ``models/model.ts`` with MONAI's ``ckpt_export`` run inside the
+export (its own ``components``), for MONAI Deploy's bundle operator and TorchScript model zoo users; the
+scripted network must give the eager network's output on a test window, or the export fails.
+
 Every file under ``models/`` gets a ``large_files.yml`` entry (``path``, ``url``, ``hash_val`` = SHA-256,
 ``hash_type``); ``url`` stays empty unless ``--weights_url`` gives the folder the files are hosted in.
 """
@@ -167,6 +171,37 @@ def inference_state_dict(path: str | Path) -> dict:
     return read_release_state_dict(path, prefer_ema=True)
 
 
+def write_torchscript(bundle: Path, config: str = "inference.json") -> Path:
+    """``models/model.ts`` of an exported bundle by ``python -m monai.bundle ckpt_export`` (run in the bundle, so
+    its own ``components`` are used), checked against the eager network on one window."""
+    import subprocess
+    import sys
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    target = bundle / "models" / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts"]
+    cmd += ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json"]
+    cmd += ["--config_file", f"configs/{config}", "--bundle_root", "."]
+    res = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True)
+    if res.returncode != 0 or not target.is_file():
+        raise RuntimeError(f"{bundle}: ckpt_export failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    scripted = torch.jit.load(str(target), map_location="cpu")
+    window = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager_out, script_out = net.eval()(window), scripted.eval()(window)
+    if not torch.allclose(eager_out, script_out, atol=1e-4):
+        diff = float((eager_out - script_out).abs().max())
+        raise RuntimeError(f"{target}: TorchScript output differs from the eager network by up to {diff:.3g}")
+    return target
+
+
 def export_bundle(
     name: str,
     out_dir: str,
@@ -175,6 +210,7 @@ def export_bundle(
     overwrite: bool = False,
     bundles_dir: str = "",
     weights: str = "",
+    torchscript: bool = False,
 ) -> dict[str, object]:
     """Write the standalone copy of ``bundles/<name>`` to ``out_dir``; returns what was written.
 
@@ -186,7 +222,10 @@ def export_bundle(
         overwrite: replace an existing ``out_dir``.
         bundles_dir: where the bundles are (default: this repository's ``bundles/``).
         weights: checkpoint to ship as ``models/model.pt`` (a training container is reduced to its EMA weights).
+        torchscript: also write ``models/model.ts`` (``monai.bundle ckpt_export`` of ``network_def``; needs ``weights``).
     """
+    if torchscript and not weights:
+        raise ValueError("--torchscript needs --weights (the TorchScript file is made from them)")
     src = Path(bundles_dir or REPO / "bundles") / name
     if not (src / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{src}: not a bundle (no configs/metadata.json)")
@@ -215,6 +254,8 @@ def export_bundle(
 
         (out / "models").mkdir(exist_ok=True)
         torch.save(inference_state_dict(weights), out / "models" / "model.pt")
+    if torchscript:
+        write_torchscript(out)
     large = write_large_files(out, weights_url)
     return {"bundle": str(out), "modules": sorted(modules), "large_files": str(large) if large else None}
 
@@ -226,10 +267,18 @@ def main(
     weights_url: str = "",
     overwrite: bool = False,
     weights: str = "",
+    torchscript: bool = False,
 ) -> None:
-    """CLI: ``scripts/export_bundle.py NAME OUT_DIR [--weights CKPT] [--weights_url URL] [--include_demo] [--overwrite]``."""
+    """CLI: ``scripts/export_bundle.py NAME OUT_DIR [--weights CKPT [--torchscript]] [--weights_url URL] [--include_demo]
+    [--overwrite]``."""
     res = export_bundle(
-        name, out_dir, include_demo=include_demo, weights_url=weights_url, overwrite=overwrite, weights=weights
+        name,
+        out_dir,
+        include_demo=include_demo,
+        weights_url=weights_url,
+        overwrite=overwrite,
+        weights=weights,
+        torchscript=torchscript,
     )
     mods = res["modules"]
     assert isinstance(mods, list)

@@ -1,0 +1,1 @@
+"""Tasks of the MASS MONAI Label app (see ``main.py``)."""

@@ -1,0 +1,54 @@
+"""The fixed-class few-shot model of ``bundles/mass_fewshot`` as a MONAI Label infer and train task.
+
+* :func:`fewshot_infer_task` — MONAI Label's ``BundleInferTask`` on ``configs/inference.json``, with strict
+  weight loading (a checkpoint that does not fit the network is an error, never a half-random model).
+  Labels come from ``metadata.json``'s ``channel_def``: 1..N, the values the bundle writes.
+* :class:`FewShotTrainTask` — MONAI Label's ``BundleTrainTask`` on ``configs/train.json``, fed from the
+  datastore: the class embeddings start from the labelled volumes of the datastore (not from a split
+  file of the repository), label values are the bundle's 1..N, and with too few labelled volumes for a
+  validation part the training volumes validate (so a model is always saved).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+logger = logging.getLogger(__name__)
+
+
+def fewshot_infer_task(bundle: str, conf: dict[str, str]) -> BundleInferTask:
+    """Fixed-class segmentation with the bundle's ``models/model.pt`` (or ``model.ts``)."""
+    return BundleInferTask(bundle, conf, type="segmentation", load_strict=True)
+
+
+class FewShotTrainTask(BundleTrainTask):
+    """Finetune the fixed-class model on the datastore's labelled volumes (label values 1..N)."""
+
+    def __init__(self, bundle: str, conf: dict[str, str]) -> None:
+        super().__init__(bundle, conf, load_strict=True)
+
+    def _partition_datalist(self, datalist: list[dict[str, Any]], request: dict[str, Any], shuffle: bool = False):
+        train, val = super()._partition_datalist(datalist, request, shuffle)
+        if val is not None and not val:
+            logger.info(
+                "fewer labelled volumes than a validation part needs: the %d training volumes validate", len(train)
+            )
+            val = list(train)
+        return train, val
+
+    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        if not self._fetch_datalist(request, datastore):
+            raise ValueError("no labelled volume in the datastore: save a label (values 1..N of /info) first")
+        return super().__call__(request, datastore)
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        train = overrides["train#dataset#data"]
+        val = overrides.get("validate#dataset#data") or list(train)
+        overrides["support"] = list(train)  # class embeddings from the datastore's labels
+        overrides["split"] = {"train": list(train), "val": list(val), "test": [], "val_is_train": val == train}
+        overrides["shots"] = len(train)
+        return overrides
