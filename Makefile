@@ -1,12 +1,17 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   -> set up .venv and run the whole MASS pipeline on the embedded demo data
-#   make test   -> set up .venv, lint (ruff check + format check, mypy on components/), run the default test suite
+#   make test   -> set up .venv (+ .venv-serve, .venv-deploy), lint (ruff check + format check, mypy on components/),
+#                  run the default test suite (live MONAI Label server and MONAI Deploy app included)
 PY := .venv/bin/python
 
-.PHONY: setup demo lint test test-slow
+.PHONY: setup setup-serve demo lint test test-slow
 
 setup:
 	bash scripts/setup.sh
+
+# the MONAI Label (.venv-serve) and MONAI Deploy (.venv-deploy) environments of the live-server tests
+setup-serve: setup
+	bash scripts/setup_serve.sh
 
 demo: setup
 	bash scripts/demo.sh
@@ -16,7 +21,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-test: lint
+test: lint setup-serve
 	$(PY) -m pytest -q
 
 test-slow: setup

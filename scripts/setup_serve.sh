@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Optional serving environments, next to (never instead of) the main .venv of scripts/setup.sh;
-# tests and CI do not use them.  Usage: scripts/setup_serve.sh [label|deploy|all]   (default: all)
+# Serving environments, next to (never instead of) the main .venv of scripts/setup.sh; `make test`
+# (and so CI) builds them for the live tests in tests/serve/ (`make setup-serve`); docs/deploy.md.
+# Usage: scripts/setup_serve.sh [label|deploy|all]   (default: all)
 #
-#   .venv-serve  (VENV)         MONAI Label 0.8.5 (`.venv-serve/bin/monailabel start_server ...`)
+#   .venv-serve  (VENV)         MONAI Label 0.8.5 (`PATH=.venv-serve/bin:$PATH monailabel start_server ...`: the launcher runs the `python` on PATH)
 #   .venv-deploy (DEPLOY_VENV)  MONAI Deploy App SDK 4.0.0 (holoscan-cu13, MonaiBundleInferenceOperator, DICOM operators)
 # Both hold torch/torchvision, SAM2, monai 1.6.1, ignite and this project (editable) with its core
 # dependencies, so `import components...` works in either. Each is idempotent: skipped while its

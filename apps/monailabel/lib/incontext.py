@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fastapi import HTTPException
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -35,6 +36,12 @@ from components.fewshot.tasks import FewShotClass, encode_support
 from components.network.release_checkpoint import preset_of_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+def bad_request(message: str) -> HTTPException:
+    """A 400 reply whose ``detail`` tells the client what is wrong with its request or datastore."""
+    logger.error(message)
+    return HTTPException(status_code=400, detail=message)
 
 
 class InContextInferTask(BasicInferTask):
@@ -111,12 +118,12 @@ class InContextInferTask(BasicInferTask):
                 if os.path.realpath(store.get_image_uri(i)) != query
             ]
         if not ids:
-            raise ValueError("no labelled reference volume: save a label for one volume of the datastore first")
+            raise bad_request("no labelled reference volume: save a label for one volume of the datastore first")
         refs = []
         for image_id in ids:
             label = store.get_label_uri(image_id, DefaultLabelTag.FINAL)
             if not label or not os.path.exists(label):
-                raise ValueError(f"reference {image_id!r} has no final label in the datastore")
+                raise bad_request(f"reference {image_id!r} has no final label in the datastore")
             refs.append({"image": store.get_image_uri(image_id), "label": label})
         return refs
 
@@ -129,7 +136,7 @@ class InContextInferTask(BasicInferTask):
         chosen = [c for c in self.classes if c.name in (present or set())]
         if not chosen:
             ids = {c.name: list(c.label_ids) for c in self.classes}
-            raise ValueError(
+            raise bad_request(
                 f"references {[r['label'] for r in refs]} hold none of the classes {ids} in every label map"
             )
         return chosen
