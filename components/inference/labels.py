@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
-__all__ = ["masks_to_labelmap", "MasksToLabelMapd"]
+__all__ = ["masks_to_labelmap", "MasksToLabelMapd", "LargestComponentPerMaskd"]
 
 
 def masks_to_labelmap(
@@ -100,4 +100,27 @@ class MasksToLabelMapd(MapTransform):
                 if isinstance(x, MetaTensor)
                 else lab
             )
+        return d
+
+
+class LargestComponentPerMaskd(MapTransform):
+    """Keep the largest connected component of every mask channel ``[M, ...]``, whatever ``M`` is.
+
+    MONAI ``KeepLargestConnectedComponent`` (one-hot, independent channels) with ``applied_labels`` set to
+    all ``M`` channels at call time: an in-context task may segment any number of classes, and MONAI's
+    own default (``applied_labels=None``) skips channel 0, a class here. Metadata is kept (``Invertd``).
+    """
+
+    def __init__(self, keys: KeysCollection, connectivity: int | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.connectivity = connectivity
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            channels = list(range(int(d[key].shape[0])))
+            keep = KeepLargestConnectedComponent(
+                applied_labels=channels, is_onehot=True, independent=True, connectivity=self.connectivity
+            )
+            d[key] = keep(d[key]) if channels else d[key]
         return d

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from monai.data import MetaTensor
 
-from components.inference.labels import MasksToLabelMapd, masks_to_labelmap
+from components.inference.labels import LargestComponentPerMaskd, MasksToLabelMapd, masks_to_labelmap
 
 
 def test_masks_to_labelmap_values_and_overlaps():
@@ -42,3 +42,15 @@ def test_dict_transform_on_masks_and_on_probabilities():
     masks = MetaTensor((probs >= 0.5).float(), meta={"filename_or_obj": "q.nii.gz"})
     binary = MasksToLabelMapd("pred")({"pred": masks})["pred"]
     assert binary.dtype == torch.uint8 and binary[0, 0, 0, 0] == 3 and binary.meta["filename_or_obj"] == "q.nii.gz"
+
+
+def test_largest_component_per_mask_any_channel_count_channel_zero_included() -> None:
+    """An in-context task may have any number of classes; channel 0 is a class, not background."""
+    for channels in (1, 2, 5):
+        masks = torch.zeros(channels, 12, 12, 12)
+        masks[:, 1:4, 1:4, 1:4] = 1  # 27 voxels
+        masks[:, 8:10, 8:10, 8:10] = 1  # 8 voxels, not connected: removed
+        pred = MetaTensor(masks, meta={"filename_or_obj": "q.nii.gz"})
+        out = LargestComponentPerMaskd("pred")({"pred": pred})["pred"]
+        assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "q.nii.gz"
+        assert out.shape == masks.shape and all(int(out[c].sum()) == 27 for c in range(channels))

@@ -105,12 +105,26 @@ def test_label_one_segment_all_in_context(
     # monai.bundle run of incontext.json with the same reference and checkpoint (EMA weights) gives the same map
     expected = _incontext_bundle_run(fewshot_export, bundle_labels["colin27_t1"], incontext_checkpoint, tmp_path)
     assert int((got != expected).sum()) == 0
+    # a reference labelled with two classes only: just those are segmented, with their own label values
+    full = nib.load(bundle_labels["itk_t1"])
+    partial = np.where(np.isin(np.asarray(full.dataobj), [2, 5]), np.asarray(full.dataobj), 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(partial, full.affine), str(tmp_path / "itk_t1.nii.gz"))
+    save_label(server, "itk_t1", tmp_path / "itk_t1.nii.gz")
+    r = requests.post(
+        server.url + "/infer/mass_incontext",
+        params={"image": "mni152_t1"},
+        data={"params": '{"references": ["itk_t1"]}'},
+    )
+    assert r.status_code == 200, r.text[:2000] + server.tail()
+    reply = multipart(r)
+    assert reply["params"]["classes"] == {class_names[1]: 2, class_names[4]: 5} and reply["params"]["task_encoded"]
+    assert set(np.unique(_on_input_grid(reply["image"][1], tmp_path, len(class_names))).tolist()) <= {0, 2, 5}
 
 
 def test_train_one_epoch_writes_a_model(server: Server, fewshot_export: Path, bundle_labels, class_names) -> None:
     for case in ("colin27_t1", "itk_t1"):
         save_label(server, case, bundle_labels[case])
-    model = fewshot_export / "models" / "model.pt"
+    model, scripted = fewshot_export / "models" / "model.pt", fewshot_export / "models" / "model.ts"
     before = model.stat().st_mtime_ns
     r = requests.post(
         server.url + "/train/mass_fewshot",
@@ -123,7 +137,12 @@ def test_train_one_epoch_writes_a_model(server: Server, fewshot_export: Path, bu
     from components.network.nets import FixedClassNet
 
     state = torch.load(model, map_location="cpu", weights_only=True)
-    FixedClassNet("tiny", num_classes=len(class_names)).load_state_dict(state.get("model", state))
+    net = FixedClassNet("tiny", num_classes=len(class_names))
+    net.load_state_dict(state.get("model", state))
+    # the TorchScript copy (MONAI Deploy's model) follows the new weights
+    window = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(scripted))(window), net.eval()(window), atol=1e-4)
 
 
 def test_label_one_segment_all_with_the_release_checkpoint(

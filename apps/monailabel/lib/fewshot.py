@@ -6,14 +6,20 @@
 * :class:`FewShotTrainTask` — MONAI Label's ``BundleTrainTask`` on ``configs/train.json``, fed from the
   datastore: the class embeddings start from the labelled volumes of the datastore (not from a split
   file of the repository), label values are the bundle's 1..N, and with too few labelled volumes for a
-  validation part the training volumes validate (so a model is always saved).
+  validation part the training volumes validate (so a model is always saved). When the bundle ships
+  ``models/model.ts`` (for MONAI Deploy), it is scripted again from the new weights (temporary name, then
+  rename), so the bundle never holds a TorchScript model older than its ``model.pt``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any
 
+import torch
+from monai.bundle import ConfigParser
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
@@ -43,7 +49,31 @@ class FewShotTrainTask(BundleTrainTask):
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         if not self._fetch_datalist(request, datastore):
             raise ValueError("no labelled volume in the datastore: save a label (values 1..N of /info) first")
-        return super().__call__(request, datastore)
+        result = super().__call__(request, datastore)
+        self.refresh_torchscript()
+        return result
+
+    def refresh_torchscript(self) -> None:
+        """Script ``network_def`` of inference.json with the trained ``model.pt`` into ``model.ts`` (if shipped)."""
+        models = os.path.join(self.bundle_path, "models")
+        target, weights = os.path.join(models, "model.ts"), os.path.join(models, "model.pt")
+        if not os.path.isfile(target) or os.path.getmtime(target) >= os.path.getmtime(weights):
+            return
+        parser = ConfigParser()
+        parser.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
+        parser["bundle_root"] = self.bundle_path
+        net = parser.get_parsed_content("network_def")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        fd, tmp = tempfile.mkstemp(dir=models, prefix=".model.", suffix=".ts.partial")
+        os.close(fd)
+        try:
+            torch.jit.save(torch.jit.script(net.eval()), tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        logger.info("models/model.ts scripted again from the trained model.pt")
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         train = overrides["train#dataset#data"]
