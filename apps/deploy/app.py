@@ -49,7 +49,7 @@ def segment_descriptions(bundle: Path) -> list[SegmentDescription]:
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     version = str(meta.get("version", ""))
     out = []
-    for value in sorted((int(k) for k in channel_def), key=int):
+    for value in sorted(int(k) for k in channel_def):
         if value == 0:
             continue
         name = str(channel_def[str(value)])

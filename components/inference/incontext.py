@@ -21,8 +21,10 @@ from typing import Any, cast
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import AsDiscrete, KeepLargestConnectedComponent
+from monai.transforms import AsDiscrete
 from monai.utils import convert_to_tensor
+
+from components.inference.labels import keep_largest_per_mask
 
 __all__ = ["VolumeInferer", "InContextInferer", "binarize", "fit_roi"]
 
@@ -208,11 +210,8 @@ def binarize(
     out = []
     for item in items:
         masks = convert_to_tensor(to_binary(item.float().detach()), track_meta=False).to(torch.uint8).clone()
-        if largest_component and masks.shape[0] > 0:
-            keep = KeepLargestConnectedComponent(
-                applied_labels=list(range(masks.shape[0])), is_onehot=True, independent=True, connectivity=connectivity
-            )
-            masks = convert_to_tensor(keep(masks), track_meta=False).to(torch.uint8)
+        if largest_component:
+            masks = convert_to_tensor(keep_largest_per_mask(masks, connectivity), track_meta=False).to(torch.uint8)
         out.append(masks)
     result = torch.stack(out)
     return result if batched else result[0]

@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
-__all__ = ["masks_to_labelmap", "MasksToLabelMapd", "LargestComponentPerMaskd"]
+__all__ = ["masks_to_labelmap", "MasksToLabelMapd", "keep_largest_per_mask", "LargestComponentPerMaskd"]
 
 
 def masks_to_labelmap(
@@ -103,13 +103,24 @@ class MasksToLabelMapd(MapTransform):
         return d
 
 
-class LargestComponentPerMaskd(MapTransform):
-    """Keep the largest connected component of every mask channel ``[M, ...]``, whatever ``M`` is.
+def keep_largest_per_mask(masks: Any, connectivity: int | None = None) -> Any:
+    """Binary masks ``[M, ...]`` with only the largest connected component of every channel, whatever ``M`` is.
 
-    MONAI ``KeepLargestConnectedComponent`` (one-hot, independent channels) with ``applied_labels`` set to
-    all ``M`` channels at call time: an in-context task may segment any number of classes, and MONAI's
-    own default (``applied_labels=None``) skips channel 0, a class here. Metadata is kept (``Invertd``).
+    MONAI ``KeepLargestConnectedComponent`` (one-hot, independent channels) with ``applied_labels`` = all ``M``
+    channels: MONAI's own default (``applied_labels=None``) skips channel 0, a class here. A ``MetaTensor``
+    keeps its metadata (``Invertd``).
     """
+    channels = list(range(int(masks.shape[0])))
+    if not channels:
+        return masks
+    keep = KeepLargestConnectedComponent(
+        applied_labels=channels, is_onehot=True, independent=True, connectivity=connectivity
+    )
+    return keep(masks)
+
+
+class LargestComponentPerMaskd(MapTransform):
+    """Dictionary :func:`keep_largest_per_mask`: an in-context task may segment any number of classes."""
 
     def __init__(self, keys: KeysCollection, connectivity: int | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -118,9 +129,5 @@ class LargestComponentPerMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            channels = list(range(int(d[key].shape[0])))
-            keep = KeepLargestConnectedComponent(
-                applied_labels=channels, is_onehot=True, independent=True, connectivity=self.connectivity
-            )
-            d[key] = keep(d[key]) if channels else d[key]
+            d[key] = keep_largest_per_mask(d[key], self.connectivity)
         return d

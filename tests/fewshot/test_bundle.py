@@ -91,12 +91,10 @@ def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: P
     MNI152 at 3 mm is 51 x 63 x 53 voxels, smaller than the 64^3 window in every dim: padding (the volume's
     minimum, not 0) and blending (sigmoid per window) must be the sweep's for the maps to agree.
     """
-    import subprocess
-    import sys
-
     from components.fewshot.evaluate import evaluate
     from components.fewshot.sweep import _fixed_class_predictor
     from components.fewshot.tasks import parse_classes
+    from tests.serve._live import bundle_run
 
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())
     names = inference["class_names"]
@@ -108,10 +106,7 @@ def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: P
     test = [{"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}]
     predictor = _fixed_class_predictor(inference["preset"], len(names), ckpt, "cpu")
     evaluate(predictor, test, classes, inference["spacing"], inference["roi_size"], save_dir=tmp_path / "sweep")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    cmd += ["--ckpt_path", str(ckpt), "--dataset_dir", str(demo_data), "--image_pattern", "mni152_t1.nii.gz"]
-    cmd += ["--output_dir", str(tmp_path / "bundle"), "--logging_file", "configs/logging.conf"]
-    subprocess.run(cmd, cwd=BUNDLE, check=True, capture_output=True, timeout=600)
+    bundle_run(BUNDLE, "inference.json", demo_data / "mni152_t1.nii.gz", tmp_path / "bundle", ckpt_path=str(ckpt))
     swept = nib.load(tmp_path / "sweep" / "mni152_t1_fewshot.nii.gz")
     deployed = nib.load(tmp_path / "bundle" / "mni152_t1_seg.nii.gz")
     a, b = np.asarray(swept.dataobj), np.asarray(deployed.dataobj)

@@ -18,8 +18,7 @@ import os
 import tempfile
 from typing import Any
 
-import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ckpt_export
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
@@ -54,26 +53,28 @@ class FewShotTrainTask(BundleTrainTask):
         return result
 
     def refresh_torchscript(self) -> None:
-        """Script ``network_def`` of inference.json with the trained ``model.pt`` into ``model.ts`` (if shipped)."""
-        models = os.path.join(self.bundle_path, "models")
+        """MONAI's ``ckpt_export`` of inference.json's ``network_def`` with the trained ``model.pt`` (if ``model.ts`` is shipped)."""
+        models, configs = os.path.join(self.bundle_path, "models"), os.path.join(self.bundle_path, "configs")
         target, weights = os.path.join(models, "model.ts"), os.path.join(models, "model.pt")
         if not os.path.isfile(target) or os.path.getmtime(target) >= os.path.getmtime(weights):
             return
-        parser = ConfigParser()
-        parser.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
-        parser["bundle_root"] = self.bundle_path
-        net = parser.get_parsed_content("network_def")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        fd, tmp = tempfile.mkstemp(dir=models, prefix=".model.", suffix=".ts.partial")
+        fd, tmp = tempfile.mkstemp(dir=models, prefix=".model.", suffix=".partial.ts")
         os.close(fd)
         try:
-            torch.jit.save(torch.jit.script(net.eval()), tmp)
+            ckpt_export(
+                net_id="network_def",
+                filepath=tmp,
+                ckpt_file=weights,
+                key_in_ckpt="model",  # ignite's loader also takes a flat state dict under a single key
+                meta_file=os.path.join(configs, "metadata.json"),
+                config_file=os.path.join(configs, "inference.json"),
+                bundle_root=self.bundle_path,
+            )
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        logger.info("models/model.ts scripted again from the trained model.pt")
+        logger.info("models/model.ts exported again from the trained model.pt")
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         train = overrides["train#dataset#data"]

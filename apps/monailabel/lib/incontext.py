@@ -129,8 +129,9 @@ class InContextInferTask(BasicInferTask):
 
     def _present_classes(self, refs: Sequence[dict[str, str]]) -> list[FewShotClass]:
         present = None
+        load = LoadVolumed("label", dtype=None)
         for ref in refs:
-            values = set(torch.unique(LoadVolumed("label", dtype=None)({"label": ref["label"]})["label"]).tolist())
+            values = set(torch.unique(load({"label": ref["label"]})["label"]).tolist())
             found = {c.name for c in self.classes if values.intersection(c.label_ids)}
             present = found if present is None else present & found
         chosen = [c for c in self.classes if c.name in (present or set())]
@@ -141,16 +142,15 @@ class InContextInferTask(BasicInferTask):
             )
         return chosen
 
-    def task_for(self, data: dict[str, Any], device: str) -> tuple[Any, list[FewShotClass], bool]:
-        """(task embedding, classes, whether it was encoded now) of the request's label set."""
-        refs = self.references(data)
+    def task_for(self, refs: Sequence[dict[str, str]], device: str) -> tuple[Any, list[FewShotClass], bool]:
+        """(task embedding, classes, whether it was encoded now) of the label set ``refs``."""
         key = (tuple((r["image"], r["label"], os.stat(r["label"]).st_mtime_ns) for r in refs), device)
         with self._lock:
             if key in self._tasks:
                 task, classes = self._tasks[key]
                 return task, classes, False
         classes = self._present_classes(refs)
-        net = self._get_network(device, data)
+        net = self._get_network(device, None)
         task = encode_support(
             net,
             refs,
@@ -173,10 +173,11 @@ class InContextInferTask(BasicInferTask):
 
     def inferer(self, data: Any = None) -> Any:
         device = str(data.get("device", "cpu")) if data else "cpu"
-        task, classes, encoded = self.task_for(data, device)
+        refs = self.references(data)
+        task, classes, encoded = self.task_for(refs, device)
         data["label_ids"] = [c.label_ids[0] for c in classes]
         data["result"] = {
-            "references": [r["image"] for r in self.references(data)],
+            "references": [r["image"] for r in refs],
             "classes": {c.name: c.label_ids[0] for c in classes},
             "task_encoded": encoded,
         }
