@@ -160,6 +160,7 @@ class CurveRecorder:
     def evaluate(self, weights: torch.nn.Module) -> dict[str, Any]:
         from components.fewshot.evaluate import evaluate
         from components.fewshot.tasks import encode_support
+        from components.inference.incontext import segment_in_chunks
         from components.network.nets import build_network
 
         net = build_network(self.preset)
@@ -168,7 +169,7 @@ class CurveRecorder:
         common = dict(spacing=self.spacing, roi_size=self.roi_size, modality="mr")
         with torch.no_grad():
             task = encode_support(net, self.support, self.classes, **common)
-            return evaluate(lambda x: net.segment(x, task), self.test, self.classes, **common)
+            return evaluate(lambda x: segment_in_chunks(net.segment, x, task), self.test, self.classes, **common)
 
     def record(self, iteration: int, weights: torch.nn.Module) -> None:
         result = self.evaluate(weights)

@@ -44,6 +44,7 @@ import torch
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
+from components.inference.incontext import segment_in_chunks
 from components.io.atomic import atomic_json
 from components.io.errors import RunFailedError
 from components.network.release_checkpoint import preset_of_checkpoint
@@ -89,7 +90,7 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
         net = build_incontext_network(cfg["preset"], init, ckpt, seed=seed).to(device)
         task = encode_support(net, support, classes, device=device, **common)
         task.save(run_dir / "task.pt")
-        predictor = lambda x: net.segment(x, task)  # noqa: E731
+        predictor = lambda x: segment_in_chunks(net.segment, x, task)  # noqa: E731
     elif mode == "ft":
         from monai.bundle import ConfigWorkflow
 

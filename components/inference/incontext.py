@@ -26,7 +26,10 @@ from monai.utils import convert_to_tensor
 
 from components.inference.labels import keep_largest_per_mask
 
-__all__ = ["VolumeInferer", "InContextInferer", "binarize", "fit_roi"]
+__all__ = ["VolumeInferer", "InContextInferer", "binarize", "fit_roi", "segment_in_chunks", "MAX_CLASSES_PER_PASS"]
+
+# classes segmented together in one decoder pass, as the release evaluates (``max_classes_per_batch``)
+MAX_CLASSES_PER_PASS = 8
 
 DIVISOR = 16  # every window dim must be a multiple of this (4 poolings)
 MAX_WINDOW = 128  # size of the learnable positional embedding
@@ -54,6 +57,26 @@ def fit_roi(
         max(min(r, 2 * divisor), min(r, divisor * math.ceil(int(s) / divisor))) for r, s in zip(roi, spatial_size)
     )
     return tuple(fitted)  # type: ignore[return-value]
+
+
+def segment_in_chunks(
+    segment: Callable[..., torch.Tensor],
+    window: torch.Tensor,
+    task: Any,
+    max_classes_per_pass: int | None = MAX_CLASSES_PER_PASS,
+) -> torch.Tensor:
+    """``segment(window, task)`` with at most ``max_classes_per_pass`` masks decoded together -> [B, M, ...].
+
+    The decoder's tokens of all masks attend to each other and share one feature map, so a pass over
+    many classes is not the same as several small passes; the release segments at most 8 classes per
+    pass. Task encoding is per mask already, so chunking only the decoding reproduces it. ``None`` or
+    0: every mask in one pass.
+    """
+    n = getattr(task, "num_masks", None)
+    k = int(max_classes_per_pass or 0)
+    if n is None or k <= 0 or n <= k:
+        return segment(window, task)
+    return torch.cat([segment(window, task.select(range(i, min(i + k, n)))) for i in range(0, n, k)], dim=1)
 
 
 class VolumeInferer(Inferer):
@@ -152,7 +175,8 @@ class InContextInferer(VolumeInferer):
     """Sliding-window in-context segmentation of a query volume (:class:`VolumeInferer` settings).
 
     Extra argument ``task``: default TaskEmbedding used when ``__call__`` gets none (lets a MONAI
-    evaluator call ``inferer(inputs, network)``).
+    evaluator call ``inferer(inputs, network)``). ``max_classes_per_pass`` (default 8, as the release):
+    masks decoded together in one pass (:func:`segment_in_chunks`).
 
     Call: ``inferer(query[B, 1, D, H, W], net, task) -> [B, M, D, H, W]`` (float32) where ``net`` has
     ``segment(window, task)`` or is a callable ``f(window, task)``.
@@ -165,9 +189,17 @@ class InContextInferer(VolumeInferer):
         masks = binarize(probs, largest_component=True)
     """
 
-    def __init__(self, roi_size: int | Sequence[int] = MAX_WINDOW, *args: Any, task: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        roi_size: int | Sequence[int] = MAX_WINDOW,
+        *args: Any,
+        task: Any = None,
+        max_classes_per_pass: int | None = MAX_CLASSES_PER_PASS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(roi_size, *args, **kwargs)
         self.task = task
+        self.max_classes_per_pass = max_classes_per_pass
 
     @staticmethod
     def encode_task(network: Any, ref_image: torch.Tensor, ref_masks: torch.Tensor) -> Any:
@@ -184,7 +216,12 @@ class InContextInferer(VolumeInferer):
         window_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         if hasattr(task, "to"):
             task = task.to(window_device)
-        return self.slide(inputs, lambda window: segment(window, task, *args, **kwargs), network)
+        k = self.max_classes_per_pass
+        return self.slide(
+            inputs,
+            lambda window: segment_in_chunks(lambda w, t: segment(w, t, *args, **kwargs), window, task, k),
+            network,
+        )
 
 
 def binarize(

@@ -191,3 +191,26 @@ def test_largest_component_keeps_exactly_the_largest_blob_per_channel():
     assert torch.equal(
         binarize(torch.logit(probs[0].clamp(1e-6, 1 - 1e-6)), largest_component=True, from_logits=True), expected[0]
     )
+
+
+def test_classes_are_decoded_in_chunks_of_max_classes_per_pass():
+    """Masks of one pass interact in the decoder: 11 classes with the default 8 per pass give exactly the
+    output of two separate passes (8 + 3), a single pass differs, and 8 classes or fewer stay one pass."""
+    from components.network.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("tiny").eval()
+    query, ref = torch.randn(1, 1, 32, 32, 32), torch.randn(1, 1, 32, 32, 32)
+    masks = torch.zeros(1, 11, 32, 32, 32)
+    for m in range(11):
+        masks[0, m, 2 * m : 2 * m + 8, 4:20, 6:22] = 1
+    with torch.no_grad():
+        task = net.encode_task(ref, masks)
+        chunked = InContextInferer(roi_size=32, output="logits")(query, net, task)
+        one_pass = InContextInferer(roi_size=32, output="logits", max_classes_per_pass=None)(query, net, task)
+        first, rest = net.segment(query, task.select(range(8))), net.segment(query, task.select(range(8, 11)))
+        small = task.select(range(5))
+        small_default = InContextInferer(roi_size=32, output="logits")(query, net, small)
+    torch.testing.assert_close(chunked, torch.cat([first, rest], dim=1), rtol=1e-5, atol=1e-5)
+    assert (chunked - one_pass).abs().max() > 1e-4
+    torch.testing.assert_close(small_default, net.segment(query, small), rtol=1e-5, atol=1e-5)
