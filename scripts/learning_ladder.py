@@ -41,6 +41,7 @@ from torch.utils.data import default_collate
 
 from components.data.loading import load_volume
 from components.io.maskset import write_maskset
+from components.maskgen.sources import masks_from_labels
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mass_pretrain"
@@ -58,14 +59,14 @@ def label_masksets(out_dir: Path, names: tuple[str, ...]) -> Path:
         if path.is_file():
             continue
         lab = load_volume(DEMO / f"{n}_seg.nii.gz")
-        a = lab[0].numpy().astype(int)
-        ids = [int(i) for i in np.unique(a) if i > 0]
+        masks, ids = masks_from_labels(lab[0].numpy().astype(int))
         write_maskset(
             path,
-            [a == i for i in ids],
+            masks,
             np.asarray(lab.affine),
             provenance=[{"source": "label", "id": i} for i in ids],
             image_path=str(DEMO / f"{n}_t1.nii.gz"),
+            shape=lab.shape[1:],
         )
     return out_dir
 
