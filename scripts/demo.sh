@@ -28,7 +28,7 @@ run_bundle mass_maskgen inference.json --dataset_dir "$DEMO" --output_dir "$OUT/
 
 stage "2/4 mass_pretrain: in-context pretraining (tiny preset, 3 mm, 32^3 crops) -> $OUT/pretrain"
 run_bundle mass_pretrain train.json --dataset_dir "$DEMO" --mask_dir "$OUT/masks" \
-  --output_dir "$OUT/pretrain" --ckpt_dir "$OUT/pretrain/models"
+  --output_dir "$OUT/pretrain" --ckpt_dir "$OUT/pretrain/models" --overwrite True  # a second demo run redoes it
 
 stage "3/4 mass_fewshot: IC and FT at 1 shot, scratch vs pretrained -> $OUT/fewshot"
 run_bundle mass_fewshot sweep.json --dataset_dir "$DEMO" --output_dir "$OUT/fewshot" \

@@ -135,6 +135,7 @@ def demo(
                 "ckpt_dir": str(out / tag / "models"),
                 "cache_dir": str(out / "feature_cache"),
                 "pretrained": pretrained,
+                "overwrite": True,  # the demo redoes its runs
                 **RUNS[name],
             }
             frozen = ov["mode"] == "frozen"

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,13 @@ __all__ = [
     "check_writable_dir",
     "check_exists",
     "readable_checkpoint",
+    "read_json",
     "newest_readable_checkpoint",
+    "check_not_finished",
+    "check_bool",
+    "check_choice",
+    "check_range",
+    "check_spacing",
 ]
 
 logger = logging.getLogger("mass.checks")
@@ -88,6 +95,19 @@ def check_exists(option: str, path: str | os.PathLike | None, what: str = "file"
     return p
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The content of the JSON file ``path``; :class:`VolumeError` naming it if missing or not valid JSON."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise VolumeError(p, f"{what} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VolumeError(p, f"{what} is not valid JSON ({e})") from None
+
+
 def readable_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Load ``path`` tensor-only (``weights_only=True``, memory-mapped when possible) or raise
     :class:`CheckpointError` naming the file. PyTorch's advice to retry with ``weights_only=False``
@@ -118,15 +138,70 @@ def readable_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> An
 
 def newest_readable_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt") -> str | None:
     """The newest file of ``folder`` matching ``pattern`` that loads; each broken newer one is skipped
-    with a warning naming it. None if there is none."""
+    with a warning naming it. None if there is none; :class:`CheckpointError` naming every file when
+    all of them are broken (nothing to resume from)."""
     d = Path(folder)
     if not d.is_dir():
         return None
+    broken: list[str] = []
     for p in sorted(d.glob(pattern), key=lambda f: f.stat().st_mtime, reverse=True):
         try:
             readable_checkpoint(p)
         except CheckpointError as e:
             logger.warning(f"resume: skipping broken checkpoint {e}")
+            broken.append(p.name)
             continue
         return str(p)
+    if broken:
+        raise CheckpointError(d, f"every checkpoint is broken ({', '.join(broken)}); nothing to resume from")
     return None
+
+
+def check_not_finished(option: str, folder: str | os.PathLike, names: Sequence[str], ways: str, overwrite: Any) -> None:
+    """``OptionError`` naming ``folder`` and ``ways`` (how to go on) if it holds any of the finished
+    outputs ``names`` and ``overwrite`` is off: a finished model is not replaced by a command typed twice."""
+    check_bool("overwrite", overwrite)
+    found = [n for n in names if (Path(folder) / n).is_file()]
+    if found and not overwrite:
+        raise OptionError(option, f"{folder} already holds a finished run ({', '.join(found)}); {ways}")
+
+
+def check_bool(option: str, value: Any) -> bool:
+    """``value`` unless it is not a bool (``--resume yes``): ``OptionError``."""
+    if not isinstance(value, bool):
+        raise OptionError(option, f"must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(option: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is exactly one of ``choices``; ``OptionError`` listing them otherwise."""
+    if isinstance(value, bool) or value not in choices:
+        raise OptionError(option, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_spacing(option: str, value: Any) -> tuple[float, float, float] | None:
+    """None (keep each volume's grid) or 3 voxel sizes in mm within ``PLAUSIBLE_SPACING_MM``."""
+    from components.data.loading import PLAUSIBLE_SPACING_MM
+
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if value is None:
+        return None
+    try:
+        mm = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        mm = ()
+    if isinstance(value, str) or len(mm) != 3 or not all(lo <= v <= hi for v in mm):
+        raise OptionError(option, f"must be 3 voxel sizes in mm within {lo:g}-{hi:g}, or None, got {value!r}")
+    return (mm[0], mm[1], mm[2])
+
+
+def check_range(option: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a float; ``OptionError`` unless it is a number in ``[low, high]``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not low <= v <= high:
+        raise OptionError(option, f"must be a number in [{low:g}, {high:g}], got {value!r}")
+    return v

@@ -38,12 +38,13 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from components.data.intensity import ModalityNormalize, guess_modality
 from components.data.loading import load_volume
-from components.io.errors import VolumeError
+from components.io.errors import InputError, VolumeError
 from components.io.maskset import MaskSet, MaskSetError, SparseMask, write_maskset
 from components.io.naming import volume_stem
 from components.pretrain.views import TwoViewAugment
 
 __all__ = [
+    "NoUsableVolumeError",
     "CACHE_VERSION",
     "pair_masksets",
     "prepare_volume",
@@ -215,28 +216,36 @@ def prepare_volume(
     return json.loads((folder / "info.json").read_text())
 
 
+class NoUsableVolumeError(InputError):
+    """Every datalist entry was skipped; the message starts with the first one's file and problem."""
+
+
 def prepare_volumes(
     data: Sequence[Mapping[str, Any]],
     cache_dir: str | os.PathLike,
     spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
     min_mask_voxels: int = 8,
 ) -> list[dict[str, Any]]:
-    """:func:`prepare_volume` for every entry; unusable entries are skipped with a warning."""
-    out = []
+    """:func:`prepare_volume` for every entry; unusable entries are skipped with a warning naming them.
+
+    :class:`NoUsableVolumeError` (bad input) if ``data`` is not empty and every entry was skipped.
+    """
+    out, skipped = [], []
     for item in data:
         try:
             info = prepare_volume(item, cache_dir, spacing, min_mask_voxels)
         except (VolumeError, MaskSetError, OSError, ValueError) as e:
-            warnings.warn(f"skipping volume: {e}", stacklevel=2)
-            continue
-        if not info["usable"]:
-            warnings.warn(
-                f"skipping volume: {item['image']}: no usable masks (>= {min_mask_voxels} voxels) "
-                f"in {item.get('masks')}",
-                stacklevel=2,
-            )
-            continue
-        out.append(info)
+            skipped.append(str(e))
+        else:
+            if info["usable"]:
+                out.append(info)
+                continue
+            skipped.append(f"{item['image']}: no usable masks (>= {min_mask_voxels} voxels) in {item.get('masks')}")
+        warnings.warn(f"skipping volume: {skipped[-1]}", stacklevel=2)
+    if skipped and not out:
+        raise NoUsableVolumeError(
+            f"{skipped[0]} (no usable volume among {len(data)} datalist entries; each is named in the warnings above)"
+        )
     return out
 
 
@@ -317,8 +326,6 @@ class MaskPretrainDataset(Dataset):
             raise ValueError(f"MaskPretrainDataset: ones_mask_prob must be in [0, 1], got {ones_mask_prob}")
         self.sampling, self.ones_mask_prob = sampling, float(ones_mask_prob)
         self.volumes = prepare_volumes(data, cache_dir, spacing, min_mask_voxels) if data else []
-        if data and not self.volumes:
-            raise ValueError(f"no usable volume among {len(data)} datalist entries (see warnings above)")
         self.crop_size = np.asarray([int(c) for c in crop_size])
         self.context = self.crop_size + int(context_margin)
         self.max_masks, self.overlap, self.seed = int(max_masks), float(overlap), int(seed)

@@ -37,7 +37,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from components.io.errors import RunError
+from components.io.errors import OptionError, RunError
 
 __all__ = [
     "NonFiniteLossError",
@@ -287,6 +287,22 @@ class _WarmupPoly:
         return warmup_poly_lambda(step, self.total_steps, self.warmup_steps, self.power)
 
 
+class _OneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """``OneCycleLR`` that keeps the horizon it was built with when a checkpoint is loaded."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        horizon = {k: self.__dict__[k] for k in ("total_steps", "_schedule_phases")}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(horizon)
+
+
+class _LambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` that keeps the LR function (and its horizon) it was built with when a checkpoint is loaded."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str,
@@ -302,15 +318,16 @@ def build_lr_scheduler(
     optimiser's ``lr`` over the fraction ``warmup``, cosine down to ``lr / div_factor / final_div_factor``
     (release: 5 %, 25, 1000). ``"poly"`` (the paper's text): linear warm-up over ``warmup``, then
     ``(1 - progress) ** power``.
+
+    Loading a checkpoint restores the step count, not the horizon: a run resumed with a larger
+    ``--max_epochs`` continues at its step on the schedule over the new ``total_steps``.
     """
     total_steps = max(1, int(total_steps))
     if name == "poly":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _WarmupPoly(total_steps, round(warmup * total_steps), power)
-        )
+        return _LambdaLR(optimizer, _WarmupPoly(total_steps, round(warmup * total_steps), power))
     if name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(
+        return _OneCycleLR(
             optimizer,
             max_lr=max_lr,
             total_steps=total_steps,
@@ -327,18 +344,28 @@ def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt
     return str(files[-1]) if files else None
 
 
-def resume_checkpoint(ckpt_dir: str | os.PathLike, ckpt_path: str | None = None) -> str | None:
+def resume_checkpoint(
+    ckpt_dir: str | os.PathLike, ckpt_path: str | None = None, finished: str | os.PathLike | None = None
+) -> str | None:
     """The checkpoint a resumed run loads: ``ckpt_path`` if given, else the newest one of ``ckpt_dir``.
 
-    Without one it logs a warning and returns None (the run starts from scratch). A newest checkpoint
-    that cannot be read (truncated by a kill, corrupt) is skipped with a warning naming it, and the
-    newest readable one is used; an unreadable ``ckpt_path`` raises ``CheckpointError`` naming it.
+    A newest checkpoint that cannot be read (truncated by a kill, corrupt) is skipped with a warning
+    naming it and the newest readable one is used. Refused (``CheckpointError`` / ``OptionError``)
+    rather than starting from scratch: an unreadable ``ckpt_path``, a folder whose every checkpoint is
+    broken, no checkpoint while ``finished`` (the best model) exists. With no checkpoint and no
+    finished model it logs a warning and returns None (the run starts from scratch).
     """
     from components.io.checks import newest_readable_checkpoint, readable_checkpoint
 
     if ckpt_path:
         readable_checkpoint(ckpt_path, what="resume checkpoint")
     path = ckpt_path or newest_readable_checkpoint(ckpt_dir)
+    if path is None and finished and os.path.isfile(finished):
+        raise OptionError(
+            "resume",
+            f"no checkpoint in {ckpt_dir} to resume from, but {finished} holds a finished model; "
+            "write to a new --ckpt_dir, or start again over it with --resume False --overwrite True",
+        )
     if path is None:
         logger.warning(f"resume requested but no checkpoint in {ckpt_dir}; starting from scratch")
     else:

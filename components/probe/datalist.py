@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from components.io.errors import VolumeError
+from components.io.checks import read_json
+from components.io.errors import OptionError, VolumeError
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -161,6 +162,14 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     raise DatalistError(path, "datalist must be a .csv or .json file")
 
 
+def read_classes(path: str | os.PathLike) -> list[str]:
+    """The class names of a classes file ``{"classes": [...]}``; :class:`VolumeError` naming it otherwise."""
+    content = read_json(path, "classes file")
+    if not isinstance(content, Mapping) or not isinstance(content.get("classes"), list):
+        raise VolumeError(path, 'classes file must hold {"classes": [name, ...]}')
+    return [str(c) for c in content["classes"]]
+
+
 def read_datalist(
     path: str | os.PathLike,
     classes: Sequence[str],
@@ -172,7 +181,8 @@ def read_datalist(
     """Parse a CSV/JSON classification datalist; every bad row raises :class:`DatalistError` naming it."""
     path = Path(path)
     base = Path(base_dir) if base_dir else path.parent
-    items = []
+    items: list[dict[str, Any]] = []
+    first_row: dict[str, str] = {}
     for where, row in _rows(path):
         image = row.get("image")
         if not image:
@@ -193,9 +203,15 @@ def read_datalist(
             split = SPLIT_ALIASES[str(split).strip().lower()]
         else:
             split = None
+        resolved = str(image_path.resolve())
+        if resolved in first_row:
+            raise DatalistError(
+                where, f"image {resolved} is listed again (first at {first_row[resolved]}); each image once"
+            )
+        first_row[resolved] = where
         items.append(
             {
-                "image": str(image_path.resolve()),
+                "image": resolved,
                 "label": encode_label(row, classes, task, where),
                 "modality": modality,
                 "split": split,
@@ -250,7 +266,7 @@ def make_splits(
     else:
         out["train"] += unsplit
     if not out["train"]:
-        raise ValueError("the datalist has no training rows")
+        raise OptionError("datalist", "no training rows")
     return out
 
 
@@ -284,17 +300,19 @@ def check_label_coverage(
                 stacklevel=2,
             )
     if not val:
-        raise ValueError(
+        raise OptionError(
+            "datalist",
             "no validation rows: the validation AUC that selects the best head is undefined; "
-            "add a 'split' column with 'val' rows or set val_fraction > 0"
+            "add a 'split' column with 'val' rows or set val_fraction > 0",
         )
     va = _label_matrix(val, n, task)
     defined = [name for j, name in enumerate(names) if 0 < va[:, j].sum() < len(va)]
     undefined = [name for name in names if name not in defined]
     if not defined:
-        raise ValueError(
+        raise OptionError(
+            "datalist",
             f"validation AUC undefined for every label {names}: each has a single class in the "
-            f"{len(va)} validation rows; add validation rows with both classes"
+            f"{len(va)} validation rows; add validation rows with both classes",
         )
     if undefined:
         warnings.warn(

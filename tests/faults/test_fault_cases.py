@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from components.io.maskset import write_maskset
 from tests.faults._harness import (
@@ -44,6 +45,7 @@ def _pretrain(tmp: Path, fin: Path, **over) -> list[str]:
         "iters_per_epoch": "1",
         "max_epochs": "1",
         "progress_bar": "False",
+        "overwrite": "True",  # fin/models holds a finished model.pt: each case is about its own fault
     }
     opts.update({k: str(v) for k, v in over.items()})
     return [x for k, v in opts.items() for x in (f"--{k}", v)]
@@ -134,6 +136,50 @@ def _probe(tmp: Path, fin: Path, rows: str | None = None, **over) -> list[str]:
     return [x for k, v in opts.items() for x in (f"--{k}", v)]
 
 
+def _all_broken(tmp: Path, fin: Path) -> list[str]:
+    """A resume whose every checkpoint is broken (a kill while writing, a file emptied)."""
+    out = tmp / "brk"
+    truncated(fin / "eval" / "checkpoints" / "checkpoint_epoch=1.pt", out / "checkpoints" / "checkpoint_epoch=1.pt")
+    (out / "checkpoints" / "checkpoint_epoch=2.pt").write_bytes(b"")
+    return _pretrain(tmp, fin, resume=True, output_dir=out, overwrite=False)
+
+
+def _epochs_done(tmp: Path, fin: Path) -> list[str]:
+    """A checkpoint 3 epochs into a run, resumed with --max_epochs 2."""
+    p = tmp / "ep3" / "checkpoint_epoch=3.pt"
+    p.parent.mkdir(parents=True)
+    torch.save({"model": {"w": torch.ones(2)}, "trainer": {"iteration": 3, "epoch_length": 1}}, p)
+    return _pretrain(tmp, fin, resume=True, resume_path=p, max_epochs=2)
+
+
+def _other_preset(tmp: Path, fin: Path) -> list[str]:
+    from components.network.nets import build_network
+
+    p = tmp / "small.pt"
+    torch.save({"model": build_network("small").state_dict()}, p)
+    return _pretrain(tmp, fin, warm_start=p)
+
+
+def _random_masks(tmp: Path, fin: Path) -> list[str]:
+    """Mask sets of random bytes for every volume: each is skipped, then no volume is left."""
+    d = tmp / "junk"
+    d.mkdir()
+    for n in ("colin27_t1", "mni152_t1"):
+        (d / f"{n}.mset").write_bytes(np.random.default_rng(0).bytes(4000))
+    return _pretrain(tmp, fin, mask_dir=d)
+
+
+def _finished_probe(tmp: Path, fin: Path) -> list[str]:
+    (fin / "probe").mkdir(exist_ok=True)
+    (fin / "probe" / "summary.json").write_text('{"best_mean_auc": 0.9}')
+    torch.save({"w": torch.ones(2)}, fin / "probe" / "head.pt")
+    return _probe(tmp, fin, fraction=0.5)
+
+
+def _rows(*rows: tuple[str, str, str]) -> str:
+    return "".join(f"{DEMO / f'{img}.nii.gz'},{label},{split}\n" for img, label, split in rows)
+
+
 Case = tuple[str, str, str, Callable[[Path, Path], list[str]], int, tuple[str, ...]]
 P, M, S = ("mass_pretrain", "train.json"), ("mass_maskgen", "inference.json"), ("mass_fewshot", "sweep.json")
 R = ("mass_probe", "train.json")
@@ -198,6 +244,38 @@ CASES: list[Case] = [
         ("checkpoint_epoch=2.pt:",),
     ),
     ("masks-of-other-image", *P, _other_image_mask, 2, ("colin27_t1.mset:", "patientB")),
+    ("max-masks-zero", *P, lambda t, f: _pretrain(t, f, max_masks=0), 2, ("max_masks:",)),
+    ("sampling-unknown", *P, lambda t, f: _pretrain(t, f, sampling="random"), 2, ("sampling:", "random")),
+    ("lr-schedule-unknown", *P, lambda t, f: _pretrain(t, f, lr_schedule="cosine2"), 2, ("lr_schedule:", "cosine2")),
+    ("aug-magnitude-unknown", *P, lambda t, f: _pretrain(t, f, aug_magnitude="huge"), 2, ("aug_magnitude:", "huge")),
+    ("loss-unknown", *P, lambda t, f: _pretrain(t, f, loss_name="tverski"), 2, ("loss_name:", "tverski")),
+    ("spacing-absurd", *P, lambda t, f: _pretrain(t, f, spacing="[0.001,0.001,0.001]"), 2, ("spacing:", "0.001")),
+    ("spacing-null-text", *P, lambda t, f: _pretrain(t, f, spacing="null"), 2, ("spacing:", "'null'")),
+    ("warm-start-other-preset", *P, _other_preset, 2, ("warm_start:", "small.pt", "'small'", "'tiny'")),
+    ("no-usable-volume", *P, _random_masks, 2, ("colin27_t1.mset:", "no usable volume")),
+    # pretraining again over a finished run
+    (
+        "rerun-over-finished-model",
+        *P,
+        lambda t, f: _pretrain(t, f, overwrite=False),
+        2,
+        ("ckpt_dir:", "fin/models", "model.pt", "--resume True", "--overwrite True"),
+    ),
+    (
+        "resume-every-checkpoint-broken",
+        *P,
+        _all_broken,
+        2,
+        ("brk/checkpoints:", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "nothing to resume"),
+    ),
+    (
+        "resume-nothing-but-finished-model",
+        *P,
+        lambda t, f: _pretrain(t, f, resume=True, output_dir=t / "fresh", overwrite=False),
+        2,
+        ("resume:", "model.pt"),
+    ),
+    ("resume-fewer-epochs-than-done", *P, _epochs_done, 2, ("max_epochs:", "2 is below the 3 epochs")),
     # mask generation
     (
         "maskgen-dataset-missing",
@@ -274,6 +352,41 @@ CASES: list[Case] = [
         ("datalist.csv", "holdout"),
     ),
     ("probe-csv-no-rows", *R, lambda t, f: _probe(t, f, rows=""), 2, ("datalist.csv:", "no rows")),
+    ("probe-mode-typo", *R, lambda t, f: _probe(t, f, mode="frozn"), 2, ("mode:", "frozn")),
+    ("probe-task-unknown", *R, lambda t, f: _probe(t, f, task="regression"), 2, ("task:", "regression")),
+    ("probe-fraction-zero", *R, lambda t, f: _probe(t, f, fraction=0), 2, ("fraction:", "0")),
+    ("probe-one-class", *R, lambda t, f: _probe(t, f, classes="['a']"), 2, ("classes:", "at least 2")),
+    (
+        "probe-classes-file-missing",
+        *R,
+        lambda t, f: _probe(t, f, classes_file=t / "none.json"),
+        2,
+        ("none.json:", "does not exist"),
+    ),
+    (
+        "probe-rows-of-one-class",
+        *R,
+        lambda t, f: _probe(t, f, rows=_rows(("colin27_t1", "a", "train"), ("mni152_t1", "a", "val"))),
+        2,
+        ("datalist:", "validation AUC undefined"),
+    ),
+    (
+        "probe-image-in-train-and-val",
+        *R,
+        lambda t, f: _probe(
+            t, f, rows=_rows(("colin27_t1", "a", "train"), ("mni152_t1", "b", "train"), ("colin27_t1", "a", "val"))
+        ),
+        2,
+        ("datalist.csv, line 4:", "colin27_t1.nii.gz is listed again", "line 2"),
+    ),
+    ("probe-rerun-over-finished", *R, _finished_probe, 2, ("output_dir:", "summary.json", "--overwrite True")),
+    (
+        "probe-rerun-over-finished-model",
+        *R,
+        lambda t, f: _probe(t, f, ckpt_dir=f / "models"),
+        2,
+        ("ckpt_dir:", "model.pt", "--output_dir", "--overwrite True"),
+    ),
     # few-shot sweep
     ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
     ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
