@@ -49,6 +49,7 @@ __all__ = [
     "spacing_warning",
     "dicom_slice_warning",
     "PLAUSIBLE_SPACING_MM",
+    "check_label_values",
 ]
 
 _LPS_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel/MONAI axis-code convention
@@ -348,3 +349,19 @@ def load_volume(
     for t in load_transforms(("image",), spacing=spacing, axcodes=axcodes, allow_constant=allow_constant):
         out = t(out)
     return out["image"]
+
+
+def check_label_values(label: Any, path: str) -> None:
+    """Raise :class:`VolumeError` if a label map holds non-integer values (a probability map, a resampled
+    label): rounding would invent class ids, truncating would shrink every structure.
+
+    Float-typed files whose values are all whole numbers (many NIfTI labels) are accepted.
+    """
+    t = torch.as_tensor(label)
+    if t.is_floating_point():
+        bad = t[(t != torch.round(t)) | ~torch.isfinite(t)]
+        if bad.numel():
+            raise VolumeError(
+                path,
+                f"label map has {bad.numel()} non-integer values (e.g. {float(bad[0]):.4g}); class ids must be integers",
+            )

@@ -31,7 +31,7 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import Compose, Invertd, SaveImage
 
-from components.data.loading import LoadVolumed
+from components.data.loading import LoadVolumed, check_label_values
 from components.fewshot.tasks import FewShotClass, LabelToMasksd, check_labelled, preprocessing
 from components.inference.incontext import VolumeInferer, binarize
 from components.inference.labels import masks_to_labelmap
@@ -204,22 +204,6 @@ def evaluate(
     result = summarize(cases, names)
     result["failed"] = failed
     return result
-
-
-def check_label_values(label: Any, path: str) -> None:
-    """Raise :class:`VolumeError` if a label map holds non-integer values (a probability map, a resampled
-    label): rounding would invent class ids, truncating would shrink every structure.
-
-    Float-typed files whose values are all whole numbers (many NIfTI labels) are accepted.
-    """
-    t = torch.as_tensor(label)
-    if t.is_floating_point():
-        bad = t[(t != torch.round(t)) | ~torch.isfinite(t)]
-        if bad.numel():
-            raise VolumeError(
-                path,
-                f"label map has {bad.numel()} non-integer values (e.g. {float(bad[0]):.4g}); class ids must be integers",
-            )
 
 
 def check_same_affine(label: Any, image: Any, label_path: str, image_path: str, atol: float = 1e-3) -> None:

@@ -24,20 +24,38 @@ from typing import Any
 import numpy as np
 
 from components.io.atomic import atomic_write
+from components.io.errors import OptionError
 
-__all__ = ["collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
+__all__ = ["tracking_client", "collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
 
 MODE_NAMES = {"ic": "IC", "ft": "FT"}
 
 
-def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[dict[str, Any]]:
-    """Every run of ``experiment`` as ``{"params", "metrics", "tags", "status"}`` (MLflow client API)."""
+def tracking_client(tracking_uri: str, must_exist: bool = False) -> Any:
+    """An ``MlflowClient`` on ``tracking_uri`` that has been read once; :class:`OptionError` naming the
+    store if it cannot be (corrupt, truncated, unknown schema) or, with ``must_exist``, if a SQLite
+    store file is missing (MLflow would create an empty one)."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        if must_exist and not db.is_file():
+            raise OptionError("tracking_uri", f"{db}: no MLflow store there")
+    try:
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    except Exception as e:  # SQLAlchemy / MLflow errors of an unusable store
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise OptionError("tracking_uri", f"{tracking_uri}: MLflow store cannot be read ({first[:200]})") from None
+    return client
+
+
+def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[dict[str, Any]]:
+    """Every run of ``experiment`` as ``{"params", "metrics", "tags", "status"}`` (MLflow client API)."""
+    client = tracking_client(tracking_uri, must_exist=True)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"{tracking_uri}: no MLflow experiment named {experiment!r}")
+        raise OptionError("experiment", f"{tracking_uri}: no MLflow experiment named {experiment!r}")
     runs = client.search_runs([exp.experiment_id], max_results=10000)
     return [
         {

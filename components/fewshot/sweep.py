@@ -43,16 +43,18 @@ import torch
 
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
+from components.fewshot.report import tracking_client
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.inference.incontext import segment_in_chunks
 from components.io.atomic import atomic_json
 from components.io.errors import RunFailedError
 from components.network.release_checkpoint import preset_of_checkpoint
 
-__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "sweep_and_report"]
+__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
 
 logger = logging.getLogger(__name__)
 EXPERIMENT = "mass_fewshot"
+MODES = ("ic", "ft")
 
 
 def run_key(init: str, mode: str, shots: int, seed: int) -> str:
@@ -238,14 +240,14 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
     """Run every missing combination of ``cfg`` (see ``configs/sweep.json``); returns a status per key.
 
     MLflow is used through an ``MlflowClient`` bound to ``tracking_uri``: no process-wide tracking
-    URI or active experiment is set, so nothing leaks into later runs or subprocesses.
+    URI or active experiment is set, so nothing leaks into later runs or subprocesses. Bad input
+    (:func:`check_sweep`) is refused before any run.
     """
-    import mlflow
-
+    check_sweep(cfg)
     out = Path(out_dir).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or default_tracking_uri(out)
-    return _run_sweep(mlflow.MlflowClient(tracking_uri=tracking_uri), cfg, out, tracking_uri)
+    return _run_sweep(tracking_client(tracking_uri), cfg, out, tracking_uri)
 
 
 def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
@@ -288,6 +290,22 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
         _log_run(client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
     atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
     return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
+
+
+def check_sweep(cfg: Mapping[str, Any]) -> None:
+    """The sweep's classes, split, modes, shots and seeds, checked before any run (bad input: exit 2)."""
+    from components.io.checks import check_choice, check_int_at_least
+    from components.io.errors import OptionError
+
+    parse_classes(cfg["classes"])
+    train = load_split(cfg["split_file"])["train"]
+    for mode in cfg.get("modes") or ():
+        check_choice("sweep_modes", mode, MODES)
+    for shots in cfg.get("shots") or ():
+        if check_int_at_least("sweep_shots", shots, 1) > len(train):
+            raise OptionError("sweep_shots", f"{shots} shots but {cfg['split_file']} has {len(train)} training volumes")
+    for seed in cfg.get("seeds") or ():
+        check_int_at_least("sweep_seeds", seed, 0)
 
 
 def sweep_and_report(

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Hashable, Mapping, Sequence
@@ -41,7 +40,8 @@ from components.data.intensity import CT_WINDOW, ModalityNormalized
 from components.data.loading import load_transforms
 from components.inference.crop import crop_reference
 from components.io.atomic import atomic_json
-from components.io.errors import VolumeError
+from components.io.checks import read_json
+from components.io.errors import OptionError, VolumeError
 
 if TYPE_CHECKING:
     from components.network.nets import MASSNet
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 
+CLASSES_FORMAT = 'expected {"name": id or [ids]} or [{"name": ..., "label_ids": [...]}]'
+
+
 @dataclass(frozen=True)
 class FewShotClass:
     """One target class: a name and the label ids merged into it."""
@@ -76,25 +79,27 @@ class EmptyReferenceError(VolumeError):
 
 def parse_classes(spec: Mapping[str, Any] | Sequence[Any] | str | os.PathLike) -> list[FewShotClass]:
     """Classes from ``{"name": id | [ids]}``, ``[{"name":..., "label_ids": [...]}]`` or a JSON file of either."""
+    where = "classes"
     if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        if not path.is_file():
-            raise VolumeError(path, "class definition file does not exist")
-        spec = json.loads(path.read_text())
-    if isinstance(spec, Mapping):
-        items = [(str(k), v) for k, v in spec.items()]
-    else:
-        items = [(str(d["name"]), d["label_ids"]) for d in cast(Sequence[Mapping[str, Any]], spec)]
-    out = []
-    for name, ids in items:
-        ids = [ids] if isinstance(ids, (int, str)) else list(ids)
-        if not ids:
-            raise ValueError(f"class {name!r} has no label ids")
-        out.append(FewShotClass(name, tuple(int(i) for i in ids)))
+        where = str(spec)
+        spec = read_json(spec, "class definition file")
+    try:
+        if isinstance(spec, Mapping):
+            items = [(str(k), v) for k, v in spec.items()]
+        else:
+            items = [(str(d["name"]), d["label_ids"]) for d in cast(Sequence[Mapping[str, Any]], spec)]
+        out = []
+        for name, ids in items:
+            ids = [ids] if isinstance(ids, (int, str)) else list(ids)
+            if not ids:
+                raise ValueError(f"class {name!r} has no label ids")
+            out.append(FewShotClass(name, tuple(int(i) for i in ids)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise OptionError(where, f"not a class definition ({type(e).__name__}: {e}); {CLASSES_FORMAT}") from None
     if not out:
-        raise ValueError("no target classes given")
+        raise OptionError(where, f"no target classes given; {CLASSES_FORMAT}")
     if len({c.name for c in out}) != len(out):
-        raise ValueError(f"duplicate class names in {[c.name for c in out]}")
+        raise OptionError(where, f"duplicate class names in {[c.name for c in out]}")
     return out
 
 
@@ -186,7 +191,9 @@ def load_split(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise VolumeError(path, "split file does not exist")
-    content = json.loads(path.read_text())
+    content = read_json(path, "split file")
+    if not isinstance(content, dict):
+        raise VolumeError(path, "split file must hold an object with 'train', 'val' and 'test' lists")
     split: dict[str, Any] = {}
     for part in ("train", "val", "test"):
         if part in content and content[part]:
@@ -196,6 +203,13 @@ def load_split(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
             split[part] = []
     if not split["train"] or not split["test"]:
         raise VolumeError(path, "split needs non-empty 'train' and 'test' parts")
+    test = {os.path.realpath(d["image"]) for d in split["test"]}
+    for part in ("train", "val"):
+        both = sorted({d["image"] for d in split[part] if os.path.realpath(d["image"]) in test})
+        if both:
+            raise VolumeError(
+                path, f"{both[0]} is in both '{part}' and 'test' ({len(both)} such); a test case must be unseen"
+            )
     split["val_is_train"] = not split["val"]
     if not split["val"]:
         split["val"] = list(split["train"])

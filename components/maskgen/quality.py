@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from components.io.checks import check_int_at_least, check_range, read_json
+from components.io.errors import OptionError, VolumeError
 from components.io.maskset import MaskSet
 from components.io.naming import volume_stem
 
@@ -89,13 +91,22 @@ def quality_summary(
     }
 
 
-def _load_label_ras(path: str | Path) -> np.ndarray:
+def _load_label_ras(path: str | Path, ms: MaskSet | None = None) -> np.ndarray:
+    """The label map on the RAS grid; :class:`VolumeError` naming it if unreadable, not integer, or
+    (with ``ms``) not on the mask set's grid."""
     from monai.transforms import Orientation
 
-    from components.data.loading import LoadVolumed
+    from components.data.loading import LoadVolumed, check_label_values
 
-    lab = LoadVolumed("label")({"label": str(path)})["label"]  # a bad file: VolumeError naming it
-    return np.asarray(Orientation(axcodes="RAS")(lab))[0]
+    lab: Any = Orientation(axcodes="RAS")(LoadVolumed("label")({"label": str(path)})["label"])  # bad file: VolumeError
+    check_label_values(lab, str(path))
+    if ms is not None and (
+        tuple(lab.shape[1:]) != ms.shape or not np.allclose(np.asarray(lab.affine), ms.affine, atol=1e-3)
+    ):
+        raise VolumeError(
+            path, f"label is not on the grid of {ms.path} (shape {list(lab.shape[1:])} vs {list(ms.shape)})"
+        )
+    return np.asarray(lab)[0]
 
 
 def evaluate_maskset(
@@ -103,7 +114,7 @@ def evaluate_maskset(
 ) -> dict[str, Any]:
     """Quality of one mask-set file against a label file (reoriented to RAS) or a RAS label array."""
     ms = MaskSet.open(maskset)
-    lab = _load_label_ras(label) if not isinstance(label, np.ndarray) else label
+    lab = _load_label_ras(label, ms) if not isinstance(label, np.ndarray) else label
     dice, ids = dice_table(ms, lab)
     out = quality_summary(dice, ids, threshold, names)
     out["maskset"] = str(maskset)
@@ -171,7 +182,10 @@ def main(
         top: print only the best ``top`` labels per volume.
         out: write the full results as JSON.
     """
-    label_names = json.loads(Path(names).read_text()) if names else None
+    check_range("threshold", threshold, 0.0, 1.0)
+    if top is not None:
+        check_int_at_least("top", top, 1)
+    label_names = read_json(names, "names file") if names else None
     if isinstance(label_names, dict):
         label_names = {str(k): (v if isinstance(v, str) else str(v)) for k, v in label_names.items()}
     if maskset and label:
@@ -181,7 +195,7 @@ def main(
 
         res = evaluate_dir(masks_dir, build_datalist(datalist, section=section), threshold, label_names)
     else:
-        raise ValueError("give --maskset and --label, or --masks_dir and --datalist")
+        raise OptionError("maskset", "give --maskset and --label, or --masks_dir and --datalist")
     for r in res:
         print(format_table(r, top))
         print()

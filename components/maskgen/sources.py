@@ -14,6 +14,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import Transform
 from scipy import ndimage
 
+from components.data.loading import check_label_values
 from components.io.maskset import SparseMask
 from components.maskgen.sam2.intensity import foreground_mask
 
@@ -163,7 +164,9 @@ class LabelMapMasksd(Transform):
         d = dict(data)
         if self.label_key not in d:
             raise KeyError(f"label map source needs '{self.label_key}' in the data (give a label for every image)")
-        lab = np.rint(np.asarray(d[self.label_key])[0]).astype(np.int64)
+        raw = d[self.label_key]
+        check_label_values(raw, str(getattr(raw, "meta", {}).get("filename_or_obj", self.label_key)))
+        lab = np.asarray(raw)[0].astype(np.int64)
         masks, ids = masks_from_labels(lab)
         prov = [{"source": "labelmap", "label": i} for i in ids]
         if self.cc:

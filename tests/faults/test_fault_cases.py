@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.io.cli import fire_main
 from components.io.maskset import write_maskset
 from tests.faults._harness import (
     DEMO,
@@ -134,6 +135,30 @@ def _probe(tmp: Path, fin: Path, rows: str | None = None, **over) -> list[str]:
     }
     opts.update({k: str(v) for k, v in over.items()})
     return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
+def _split(tmp: Path, fin: Path, text: str | None = None, **over) -> list[str]:
+    """The sweep on a split file holding ``text`` (default: colin27 to train, mni152 to test)."""
+    pair = {
+        n: {"image": str(DEMO / f"{n}_t1.nii.gz"), "label": str(DEMO / f"{n}_seg.nii.gz")}
+        for n in ("colin27", "mni152")
+    }
+    p = tmp / "split.json"
+    p.write_text(text if text is not None else json.dumps({"train": [pair["colin27"]], "test": [pair["mni152"]]}))
+    return _sweep(
+        tmp, fin, split_file=p, **{"sweep_shots": "[1]", "sweep_seeds": "[0]", "sweep_modes": "['ic']", **over}
+    )
+
+
+def _overlap(tmp: Path, fin: Path) -> list[str]:
+    one = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}
+    return _split(tmp, fin, json.dumps({"train": [one], "test": [one]}))
+
+
+def _store(tmp: Path, data: bytes) -> str:
+    p = tmp / "store.db"
+    p.write_bytes(data)
+    return f"sqlite:///{p}"
 
 
 def _all_broken(tmp: Path, fin: Path) -> list[str]:
@@ -387,7 +412,37 @@ CASES: list[Case] = [
         2,
         ("ckpt_dir:", "model.pt", "--output_dir", "--overwrite True"),
     ),
+    ("maskgen-source-upper", *M, lambda t, f: _maskgen(t, f, source="SLIC"), 2, ("source:", "'SLIC'", "'slic'")),
+    ("maskgen-source-unknown", *M, lambda t, f: _maskgen(t, f, source="sam"), 2, ("source:", "'sam'")),
+    ("maskgen-sam2-no-weights", *M, lambda t, f: _maskgen(t, f, source="sam2"), 2, ("sam2_checkpoint:",)),
+    (
+        "maskgen-slic-zero-segments",
+        *M,
+        lambda t, f: _maskgen(t, f, source="slic", slic_n_segments="[50,0]"),
+        2,
+        ("slic_n_segments:", "0"),
+    ),
     # few-shot sweep
+    ("sweep-split-overlap", *S, _overlap, 2, ("split.json:", "colin27_t1.nii.gz is in both 'train' and 'test'")),
+    ("sweep-split-syntax", *S, lambda t, f: _split(t, f, '{"train": ['), 2, ("split.json:", "not valid JSON")),
+    ("sweep-split-empty-test", *S, lambda t, f: _split(t, f, '{"train": [], "test": []}'), 2, ("split.json:",)),
+    (
+        "sweep-classes-syntax",
+        *S,
+        lambda t, f: _split(t, f, classes_file=(t / "c.json").write_text("[{") and t / "c.json"),
+        2,
+        ("c.json:", "not valid JSON"),
+    ),
+    ("sweep-classes-shape", *S, lambda t, f: _split(t, f, classes="[1, 2]"), 2, ("classes:", "not a class definition")),
+    ("sweep-mode-upper", *S, lambda t, f: _split(t, f, sweep_modes="['IC']"), 2, ("sweep_modes:", "'IC'")),
+    ("sweep-shots-above-train", *S, lambda t, f: _split(t, f, sweep_shots="[3]"), 2, ("sweep_shots:", "1 training")),
+    (
+        "sweep-store-corrupt",
+        *S,
+        lambda t, f: _split(t, f, tracking_uri=_store(t, b"SQLite format 3\x00" + bytes(range(256)) * 8)),
+        2,
+        ("tracking_uri:", "store.db", "cannot be read"),
+    ),
     ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
     ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
 ]
@@ -423,10 +478,23 @@ def _quality(tmp: Path, fin: Path, kind: str) -> list[str]:
         return ["--maskset", str(truncated(fin / "masks" / "done.mset", tmp / "cut.mset", 0.3)), "--label", label]
     if kind == "missing-label":
         return ["--maskset", str(fin / "masks" / "done.mset"), "--label", str(tmp / "nolabel.nii.gz")]
+    done = str(fin / "masks" / "done.mset")
+    if kind == "threshold-above-1":
+        return ["--maskset", done, "--label", label, "--threshold", "1.5"]
+    if kind == "top-zero":
+        return ["--maskset", done, "--label", label, "--top", "0"]
+    if kind == "label-other-grid":
+        return ["--maskset", done, "--label", label]
+    if kind == "nothing-to-score":
+        return ["--maskset", done]
     return ["--masks_dir", str(fin / "masks"), "--datalist", str(tmp / "nodata")]
 
 
 QUALITY = [
+    ("threshold-above-1", ("threshold:", "1.5")),
+    ("top-zero", ("top:",)),
+    ("label-other-grid", ("colin27_seg.nii.gz:", "not on the grid of", "done.mset")),
+    ("nothing-to-score", ("maskset:", "--label")),
     ("missing-maskset", ("gone.mset:", "not found")),
     ("edited-header", ("edited.mset:", "checksum")),
     ("truncated-maskset", ("cut.mset:", "truncated")),
@@ -437,7 +505,6 @@ QUALITY = [
 
 @pytest.mark.parametrize("kind,expected", QUALITY, ids=[q[0] for q in QUALITY])
 def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsys):
-    from components.io.cli import fire_main
     from components.maskgen.quality import main
 
     fin = finished_outputs(tmp_path / "fin")
@@ -452,3 +519,22 @@ def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsy
     assert len(errors) == 1 and all(t in errors[0] for t in expected), err[-2000:]
     assert "Traceback" not in err
     assert not unchanged(before, fin)
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind, tmp_path, capsys):
+    from components.fewshot.report import main
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}" if kind == "missing" else _store(tmp_path, b"x" * 3000)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        fire_main(main, ["--tracking_uri", uri, "--out_dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert stop.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert (
+        errors[0].startswith("error: tracking_uri: ")
+        and ("no MLflow store" if kind == "missing" else "cannot be read") in errors[0]
+    )
+    assert not (tmp_path / "mlruns.db").exists()  # a mistyped path no longer creates an empty store there
+    assert not (tmp_path / "report").exists()

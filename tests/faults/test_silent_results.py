@@ -190,3 +190,48 @@ def test_dicom_series_with_a_missing_slice_is_a_logged_line(tmp_path, missing):
         assert len(dicom) == 1 and dicom[0].startswith(f"{tmp_path / 'series'}: DICOM slices are not evenly spaced")
     else:
         assert dicom == []
+
+
+def test_maskgen_label_map_with_non_integer_values_is_refused_naming_it(tmp_path, capsys, monkeypatch):
+    import json
+
+    from tests.faults._harness import run_bundle
+
+    label = _label_variant(tmp_path, "float.nii.gz", as_float=True)  # 0.5-steps: rounding would invent ids
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "datalist.json").write_text(
+        json.dumps({"all": [{"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(label)}]})
+    )
+    out = run_bundle(
+        capsys,
+        monkeypatch,
+        "mass_maskgen",
+        "inference.json",
+        "--dataset_dir",
+        str(ds),
+        "--output_dir",
+        str(tmp_path / "m"),
+        "--source",
+        "labelmap",
+    )
+    assert out.code == 1 and out.errors == [f"error: 1 volume(s) failed; reasons in {tmp_path / 'm' / 'failures.json'}"]
+    (failure,) = json.loads((tmp_path / "m" / "failures.json").read_text())
+    assert f"{label}: label map has" in failure["reason"] and "non-integer" in failure["reason"]
+    assert not list((tmp_path / "m").glob("*.mset"))
+
+
+def test_fewshot_split_with_a_support_volume_in_the_test_set_is_refused(tmp_path):
+    import json
+
+    from components.fewshot.tasks import load_split
+    from components.io.errors import VolumeError
+
+    one = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}
+    other = {"image": str(DEMO / "mni152_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [one], "val": [other], "test": [other]}))
+    with pytest.raises(VolumeError, match="is in both 'val' and 'test'"):
+        load_split(split)
+    split.write_text(json.dumps({"train": [one], "test": [other]}))
+    assert load_split(split)["val_is_train"]
