@@ -47,7 +47,7 @@ from components.fewshot.report import tracking_client
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.inference.incontext import segment_in_chunks
 from components.io.atomic import atomic_json
-from components.io.errors import RunFailedError
+from components.io.errors import RunFailedError, error_message
 from components.network.release_checkpoint import preset_of_checkpoint
 
 __all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
@@ -283,7 +283,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                     status[key] = f"failed: {error}"
                     logger.error("%s failed: %s", key, error)
             except Exception as exc:  # one failing run never stops the sweep
-                result, error = None, f"{type(exc).__name__}: {exc}"
+                result, error = None, error_message(exc)  # the file, not MONAI's transform wrapper
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 status[key] = f"failed: {error}"
                 logger.error("%s failed: %s", key, error)

@@ -34,6 +34,7 @@ __all__ = [
     "read_json",
     "newest_readable_checkpoint",
     "check_not_finished",
+    "check_weights_fit",
     "check_bool",
     "check_choice",
     "check_range",
@@ -134,6 +135,31 @@ def readable_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> An
             first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
             problem = f"{what} cannot be read (truncated or corrupt: {first[:160]})"
         raise CheckpointError(p, problem) from None
+
+
+def check_weights_fit(option: str, path: str | os.PathLike, net: Any, key: str = "model") -> None:
+    """:class:`CheckpointError` naming ``path`` unless its weights (``state[key]`` or the whole file, as
+    MONAI's ``CheckpointLoader`` reads it) fit ``net``'s state dict key for key and shape."""
+    state = readable_checkpoint(path, what=option.replace("_", " "))
+    if isinstance(state, dict) and isinstance(state.get(key), dict):
+        state = state[key]
+    own = net.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds no weights for {type(net).__name__}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        first = (
+            f"{shapes[0]}: checkpoint {list(state[shapes[0]].shape)} vs network {list(own[shapes[0]].shape)}"
+            if shapes
+            else (missing or unexpected)[0]
+        )
+        raise CheckpointError(
+            path,
+            f"weights of another network than {type(net).__name__} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} mis-shaped keys; first: {first})",
+        )
 
 
 def newest_readable_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt") -> str | None:

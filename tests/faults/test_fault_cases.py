@@ -161,6 +161,13 @@ def _store(tmp: Path, data: bytes) -> str:
     return f"sqlite:///{p}"
 
 
+def _infer(tmp: Path, fin: Path, **over) -> list[str]:
+    """The few-shot segmenter (``inference.json``) on the demo folder with ``models/model.pt`` of ``fin``."""
+    opts = {"dataset_dir": str(DEMO), "image_pattern": "colin27_t1.nii.gz", "output_dir": str(fin / "infer")}
+    opts.update({"ckpt_path": str(fin / "models" / "model.pt"), **{k: str(v) for k, v in over.items()}})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
 def _all_broken(tmp: Path, fin: Path) -> list[str]:
     """A resume whose every checkpoint is broken (a kill while writing, a file emptied)."""
     out = tmp / "brk"
@@ -208,6 +215,7 @@ def _rows(*rows: tuple[str, str, str]) -> str:
 Case = tuple[str, str, str, Callable[[Path, Path], list[str]], int, tuple[str, ...]]
 P, M, S = ("mass_pretrain", "train.json"), ("mass_maskgen", "inference.json"), ("mass_fewshot", "sweep.json")
 R = ("mass_probe", "train.json")
+F = ("mass_fewshot", "inference.json")
 
 CASES: list[Case] = [
     # pretraining hyper-parameters
@@ -422,6 +430,28 @@ CASES: list[Case] = [
         2,
         ("slic_n_segments:", "0"),
     ),
+    # few-shot segmenter
+    (
+        "infer-empty-folder",
+        *F,
+        lambda t, f: _infer(t, f, dataset_dir=t),
+        2,
+        ("dataset_dir:", "no image"),
+    ),
+    (
+        "infer-other-network",
+        *F,
+        lambda t, f: _infer(t, f),
+        2,
+        ("models/model.pt:", "weights of another network than FixedClassNet"),
+    ),
+    (
+        "infer-pickled",
+        *F,
+        lambda t, f: _infer(t, f, ckpt_path=_ckpt(t, "pickled")),
+        2,
+        ("pickled.pt:", "pickled Python objects"),
+    ),
     # few-shot sweep
     ("sweep-split-overlap", *S, _overlap, 2, ("split.json:", "colin27_t1.nii.gz is in both 'train' and 'test'")),
     ("sweep-split-syntax", *S, lambda t, f: _split(t, f, '{"train": ['), 2, ("split.json:", "not valid JSON")),
@@ -538,3 +568,16 @@ def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind
     )
     assert not (tmp_path / "mlruns.db").exists()  # a mistyped path no longer creates an empty store there
     assert not (tmp_path / "report").exists()
+
+
+def test_support_label_of_another_grid_names_the_label_not_the_transform(tmp_path, capsys, monkeypatch):
+    fin = finished_outputs(tmp_path / "fin")
+    bad = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
+    test = {"image": str(DEMO / "mni152_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
+    argv = _split(tmp_path, fin, json.dumps({"train": [bad], "test": [test]}), report="False")
+    out = run_bundle(capsys, monkeypatch, "mass_fewshot", "sweep.json", *argv)
+    assert out.code == 1 and out.errors == ["error: 1 of 1 sweep run(s) failed (the others finished):"], out.stderr[
+        -2000:
+    ]
+    detail = out.stderr.splitlines()[out.stderr.splitlines().index(out.errors[0]) + 1]
+    assert f"scratch-ic-k1-s0: {DEMO / 'mni152_seg.nii.gz'}: grid" in detail and "object at 0x" not in out.stderr
