@@ -581,3 +581,27 @@ def test_support_label_of_another_grid_names_the_label_not_the_transform(tmp_pat
     ]
     detail = out.stderr.splitlines()[out.stderr.splitlines().index(out.errors[0]) + 1]
     assert f"scratch-ic-k1-s0: {DEMO / 'mni152_seg.nii.gz'}: grid" in detail and "object at 0x" not in out.stderr
+
+
+def test_incontext_with_an_existing_task_file_needs_no_split(tmp_path, capsys, monkeypatch, one_thread):
+    from components.fewshot.finetune import build_incontext_network
+    from components.fewshot.tasks import encode_support, parse_classes
+
+    support = [{"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}]
+    net = build_incontext_network("tiny", "scratch", None, seed=0)
+    encode_support(net, support, parse_classes({"wm": [2]}), spacing=(6.0,) * 3, roi_size=(32,) * 3).save(
+        tmp_path / "task.pt"
+    )
+    argv = ["--dataset_dir", str(DEMO), "--image_pattern", "colin27_t1.nii.gz", "--init", "scratch"]
+    argv += [
+        "--task_file",
+        str(tmp_path / "task.pt"),
+        "--class_names",
+        "['wm']",
+        "--split_file",
+        str(tmp_path / "no.json"),
+    ]
+    argv += ["--spacing", "[6.0,6.0,6.0]", "--roi_size", "[32,32,32]", "--output_dir", str(tmp_path / "out")]
+    out = run_bundle(capsys, monkeypatch, "mass_fewshot", "incontext.json", *argv)
+    assert out.code == 0, out.stderr[-2000:]  # was: error: no.json: split file does not exist
+    assert (tmp_path / "out" / "colin27_t1_incontext_seg.nii.gz").is_file()
