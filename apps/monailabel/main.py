@@ -14,18 +14,33 @@ Models (``/info``):
 
 Conf keys: ``bundle`` (default ``bundles/mass_fewshot`` of this repository), ``incontext_checkpoint``
 (default ``<bundle>/models/pretrained.pt``), ``incontext_init`` (``pretrained`` | ``release``),
-``skip_trainers`` (``true`` to serve only). Nothing is downloaded: the app works offline.
+``skip_trainers`` (``true`` to serve only), ``allow_server_paths`` (``true``: ``/infer`` also takes a path on
+the server as ``image``; default ``false``: only image ids of the datastore and uploaded files).
+Nothing is downloaded: the app works offline.
+
+The app stays inside its datastore (``lib/guard.py``): image ids and label tags are plain names, uploads must be
+one 3D volume (a label on its image's grid, whole values >= 0), and refusals are 4xx replies whose ``detail``
+says why. Uploads go to a private temporary folder of the server process, the only place besides the
+datastore and MONAI Label's sessions from which ``/infer`` reads a file that is not a datastore id.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
+from fastapi import HTTPException
 from lib.fewshot import FewShotTrainTask, fewshot_infer_task
+from lib.guard import CheckedDatastore, http_error, infer_error
 from lib.incontext import InContextInferTask
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -48,6 +63,12 @@ class MyApp(MONAILabelApp):
             self.bundle, "models", "pretrained.pt"
         )
         self.incontext_init = conf.get("incontext_init", "pretrained")
+        self.allow_server_paths = strtobool(conf.get("allow_server_paths", "false"))
+        # MONAI Label writes uploads to tempfile names: keep them in a folder of ours (mode 0700), so that
+        # "a file uploaded with this request" is "a file in this folder", never a path a client names
+        self.upload_dir = os.path.realpath(tempfile.mkdtemp(prefix="mass-monailabel-"))
+        tempfile.tempdir = self.upload_dir
+        atexit.register(shutil.rmtree, self.upload_dir, True)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -56,6 +77,56 @@ class MyApp(MONAILabelApp):
             description="MASS bundles: fixed-class few-shot model and in-context 'label one, segment all'",
             version="0.3.0",
         )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return CheckedDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _readable_folders(self) -> list[str]:
+        """Folders whose files ``/infer`` reads by path: uploads of this process and MONAI Label sessions."""
+        sessions = self.sessions()
+        return [self.upload_dir] + ([os.path.realpath(sessions.store_path)] if sessions else [])
+
+    def checked_image(self, image: str, datastore: Datastore) -> None:
+        """Refuse an ``image`` that is neither a datastore id nor a file this server received (4xx with the reason)."""
+        if image in datastore.list_images():
+            return
+        real = os.path.realpath(image)
+        if os.path.exists(real) and any(os.path.commonpath([real, d]) == d for d in self._readable_folders()):
+            return  # a file uploaded with the request (or a session's image)
+        if self.allow_server_paths:
+            if not os.path.exists(image):
+                raise http_error(
+                    404, f"image {image!r} is neither an image id of the datastore nor a file on the server"
+                )
+            return
+        if os.sep in image or os.path.isabs(image) or os.path.exists(image) or image in (".", ".."):
+            raise http_error(
+                403,
+                f"image {image!r} is a server path: only image ids of the datastore (or an uploaded file) are "
+                "accepted; start the app with --conf allow_server_paths true to segment files on the server",
+            )
+        raise http_error(404, f"no image {image!r} in the datastore")
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        image = request.get("image")
+        if isinstance(image, str):
+            self.checked_image(image, datastore or self.datastore())
+        try:
+            return super().infer(request, datastore)
+        except HTTPException:
+            raise
+        except Exception as e:
+            reply = infer_error(e, self.upload_dir)
+            if reply is None:
+                raise
+            raise reply from e
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

@@ -145,28 +145,127 @@ def test_train_one_epoch_writes_a_model(server: Server, fewshot_export: Path, bu
         assert torch.allclose(torch.jit.load(str(scripted))(window), net.eval()(window), atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def release_server(serve_python: Path, fewshot_export: Path, shared_dir: Path, tmp_path_factory):
+    """A second server: the authors' released checkpoint in context, server paths allowed, no trainer."""
+    srv = start_monailabel(
+        serve_python,
+        tmp_path_factory.mktemp("monailabel_release"),
+        fewshot_export,
+        shared_dir / "reference" / "official_checkpoint.pth",
+        conf={"incontext_init": "release", "skip_trainers": "true", "allow_server_paths": "true"},
+    )
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 def test_label_one_segment_all_with_the_release_checkpoint(
-    serve_python: Path, fewshot_export: Path, shared_dir: Path, bundle_labels, tmp_path: Path
+    release_server: Server, fewshot_export: Path, shared_dir: Path, bundle_labels, tmp_path: Path
 ) -> None:
     """The authors' released checkpoint (release container, preset read from the weights) serves in context too."""
     release = shared_dir / "reference" / "official_checkpoint.pth"
-    srv = start_monailabel(
-        serve_python,
-        tmp_path / "server",
-        fewshot_export,
-        release,
-        conf={"incontext_init": "release", "skip_trainers": "true"},
+    save_label(release_server, "colin27_t1", bundle_labels["colin27_t1"])
+    r = requests.post(
+        release_server.url + "/infer/mass_incontext", params={"image": "mni152_t1", "output": "image"}, timeout=600
     )
-    try:
-        save_label(srv, "colin27_t1", bundle_labels["colin27_t1"])
-        r = requests.post(
-            srv.url + "/infer/mass_incontext", params={"image": "mni152_t1", "output": "image"}, timeout=600
-        )
-        assert r.status_code == 200, r.text[:2000] + srv.tail()
-    finally:
-        srv.stop()
+    assert r.status_code == 200, r.text[:2000] + release_server.tail()
     got = _on_input_grid(r.content, tmp_path, 5)
     expected = _incontext_bundle_run(
         fewshot_export, bundle_labels["colin27_t1"], release, tmp_path, init="release", preset="small"
     )
     assert int((got != expected).sum()) == 0
+
+
+# -- the app stays inside its datastore; bad requests are 4xx with the reason ------------------------------
+
+
+def _refused(r: requests.Response, status: int, *words: str) -> str:
+    """The reply is ``status`` and its ``detail`` holds every one of ``words``; the detail."""
+    assert r.status_code == status, f"{r.status_code}: {r.text[:500]}"
+    detail = r.json()["detail"]
+    assert all(w in detail for w in words), detail
+    return detail
+
+
+def _tree(root: Path) -> set[str]:
+    """Every file and folder under ``root`` (relative), the server's own logs aside."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if "logs" not in p.relative_to(root).parts}
+
+
+def _put_image(server: Server, image: str | None, name: str, body: bytes) -> requests.Response:
+    params = {"image": image} if image is not None else {}
+    return requests.put(server.url + "/datastore/image", params=params, files={"file": (name, body)}, timeout=60)
+
+
+def _put_label(server: Server, image: str, tag: str, name: str, body: bytes) -> requests.Response:
+    params = {"image": image, "tag": tag}
+    return requests.put(server.url + "/datastore/label", params=params, files={"label": (name, body)}, timeout=60)
+
+
+def test_datastore_refuses_ids_and_tags_that_leave_it(server: Server, bundle_labels, tmp_path: Path) -> None:
+    base = server.log.parent.parent  # holds the server's folder (studies, app) and this test's tmp_path
+    before = _tree(base)
+    volume = (DEMO / "itk_t1.nii.gz").read_bytes()
+    for image_id in ("../escape_img", "../../escape_img2", str(tmp_path / "escape_abs"), "a/../../escape_nested", ".."):
+        _refused(_put_image(server, image_id, "itk_t1.nii.gz", volume), 400, "image id", repr(image_id))
+    # no id given: MONAI Label takes the uploaded file's name
+    _refused(_put_image(server, None, "..nii.gz", volume), 400, "image id")
+    label = bundle_labels["colin27_t1"].read_bytes()
+    for tag in ("../../escape_tag", "../escape_tag2", str(tmp_path / "escape_tag_abs"), "final/../../escape_tag3"):
+        _refused(_put_label(server, "colin27_t1", tag, "colin27_t1.nii.gz", label), 400, "tag", repr(tag))
+    assert not sorted(base.rglob("*escape*"))
+    assert _tree(base) == before  # nothing written anywhere, inside the datastore or outside
+
+
+def test_datastore_refuses_unreadable_uploads_with_the_reason(server: Server, tmp_path: Path) -> None:
+    studies = server.log.parent / "studies"
+    before = _tree(server.log.parent)
+    text = b"this is a text file, not a volume\n"
+    detail = _refused(_put_image(server, "junk_text", "junk.nii.gz", text), 400, "'junk_text'", "cannot be read as")
+    assert "the uploaded file" in detail and "mass-monailabel-" not in detail  # not the server's temporary name
+    _refused(_put_image(server, "junk_txt", "notes.txt", text), 400, "'junk_txt'", ".txt", ".nii.gz")
+    # a label of another shape than its image, a label that is text, a label of an image not in the datastore
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.uint8), np.eye(4)), str(small))
+    detail = _refused(_put_label(server, "mni152_t1", "final", "mni152_t1.nii.gz", small.read_bytes()), 400, "grid")
+    assert "(8, 8, 8)" in detail and "(77, 94, 80)" in detail
+    _refused(_put_label(server, "mni152_t1", "final", "mni152_t1.nii.gz", text), 400, "cannot be read as a volume")
+    volume = nib.load(QUERY)
+    half = tmp_path / "half.nii.gz"
+    nib.save(nib.Nifti1Image(np.full(volume.shape, 0.5, np.float32), volume.affine), str(half))
+    _refused(_put_label(server, "mni152_t1", "final", "m.nii.gz", half.read_bytes()), 400, "whole numbers")
+    _refused(_put_label(server, "nope", "final", "nope.nii.gz", small.read_bytes()), 404, "'nope'")
+    assert not list(studies.glob("junk*")) and not list((studies / "labels").rglob("mni152_t1*"))
+    assert _tree(server.log.parent) == before
+
+
+def test_infer_takes_only_datastore_ids(server: Server, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_bytes(QUERY.read_bytes())
+    infer = server.url + "/infer/mass_fewshot"
+    for image in (str(outside), "/etc/passwd", "../studies/mni152_t1", "/"):
+        _refused(requests.post(infer, params={"image": image}, timeout=600), 403, repr(image), "allow_server_paths")
+    # the image named in the request's params instead of the query
+    params = {"params": json.dumps({"image": str(outside)})}
+    _refused(requests.post(infer, params={"image": "mni152_t1"}, data=params, timeout=600), 403, "allow_server_paths")
+    _refused(requests.post(infer, params={"image": "nope"}, timeout=600), 404, "'nope'", "datastore")
+    # an uploaded file is still segmented; an uploaded text file is refused with the reason
+    text = {"file": ("junk.nii.gz", b"not a volume")}
+    detail = _refused(requests.post(infer, files=text, timeout=600), 400, "cannot be read as a volume")
+    assert "the uploaded file" in detail and "mass-monailabel-" not in detail
+    with open(outside, "rb") as f:
+        r = requests.post(infer, params={"output": "image"}, files={"file": ("upload.nii.gz", f)}, timeout=600)
+    assert r.status_code == 200, r.text[:2000] + server.tail()
+
+
+def test_server_paths_only_when_allowed(release_server: Server, tmp_path: Path) -> None:
+    """``--conf allow_server_paths true``: a NIfTI anywhere on the server is segmented; a text file is a 400."""
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_bytes(QUERY.read_bytes())
+    infer = release_server.url + "/infer/mass_fewshot"
+    r = requests.post(infer, params={"image": str(outside), "output": "image"}, timeout=600)
+    assert r.status_code == 200, r.text[:2000] + release_server.tail()
+    _refused(requests.post(infer, params={"image": "/etc/passwd"}, timeout=600), 400, "cannot be read as a volume")
+    _refused(requests.post(infer, params={"image": str(tmp_path / "missing.nii.gz")}, timeout=600), 404, "missing")
