@@ -26,17 +26,14 @@ datastore and MONAI Label's sessions from which ``/infer`` reads a file that is 
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
 from lib.fewshot import FewShotTrainTask, fewshot_infer_task
-from lib.guard import CheckedDatastore, http_error, infer_error
+from lib.guard import CheckedDatastore, http_error, infer_error, private_upload_dir
 from lib.incontext import InContextInferTask
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -66,9 +63,7 @@ class MyApp(MONAILabelApp):
         self.allow_server_paths = strtobool(conf.get("allow_server_paths", "false"))
         # MONAI Label writes uploads to tempfile names: keep them in a folder of ours (mode 0700), so that
         # "a file uploaded with this request" is "a file in this folder", never a path a client names
-        self.upload_dir = os.path.realpath(tempfile.mkdtemp(prefix="mass-monailabel-"))
-        tempfile.tempdir = self.upload_dir
-        atexit.register(shutil.rmtree, self.upload_dir, True)
+        self.upload_dir = private_upload_dir()
         super().__init__(
             app_dir=app_dir,
             studies=studies,

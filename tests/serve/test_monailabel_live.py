@@ -1,8 +1,11 @@
 """A real MONAI Label 0.8.5 server (apps/monailabel, .venv-serve) on 127.0.0.1, driven over HTTP.
 
-One server for the module: /info, /infer of the fixed-class bundle (compared voxel for voxel with
+The module's server: /info, /infer of the fixed-class bundle (compared voxel for voxel with
 ``monai.bundle run``), "label one, segment all" in context after one label is saved (compared with
-``monai.bundle run`` of incontext.json, EMA weights), then /train for one epoch on two labelled volumes.
+``monai.bundle run`` of incontext.json, EMA weights), then /train for one epoch on two labelled volumes, and
+the refusals (ids and tags that leave the datastore, unreadable uploads, server paths as /infer images: 4xx
+with the reason, nothing written). A second server (the authors' release checkpoint, ``allow_server_paths``)
+serves in context and segments server paths.
 Latencies are measured by ``benchmarks/serve_latency.py``, not here.
 """
 

@@ -11,13 +11,17 @@ as ``image``. Unreadable uploads are stored as they come, and fail later with a 
   extension), uploads that are not one 3D volume, and labels that are not on their image's grid or hold
   non-integer or negative values; nothing is written before the checks pass.
 * :func:`infer_error` — a ``VolumeError`` met during inference as a 400 naming the file.
+* :func:`private_upload_dir` — the server's temporary folder, where MONAI Label puts uploads.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
+import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,33 @@ NAME_RULE = (
     "letters, digits, '.', '_' and '-' only (no path separator, no '..', "
     "not starting with '.' or '-'), at most 128 characters"
 )
+
+
+UPLOADS = "mass-monailabel-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def private_upload_dir() -> str:
+    """A new folder (mode 0700) ``mass-monailabel-<pid>-*`` in the system's temporary folder, made the
+    process's temporary folder; those of servers no longer running are removed first (uvicorn ends on
+    SIGTERM by the signal itself, so no exit hook of ours runs)."""
+    base = tempfile.gettempdir()
+    for old in glob.glob(os.path.join(base, UPLOADS + "*-*")):
+        pid = os.path.basename(old)[len(UPLOADS) :].split("-")[0]
+        if pid.isdigit() and os.stat(old).st_uid == os.getuid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = os.path.realpath(tempfile.mkdtemp(prefix=f"{UPLOADS}{os.getpid()}-", dir=base))
+    tempfile.tempdir = folder
+    return folder
 
 
 def http_error(status: int, message: str) -> HTTPException:
