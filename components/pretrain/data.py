@@ -168,7 +168,9 @@ def prepare_volume(
     modality = str(item.get("modality") or guess_modality(native))
     vol = load_volume(image, spacing=spacing) if spacing is not None else native
     new_affine, new_shape = np.asarray(vol.affine, dtype=np.float64), tuple(int(s) for s in vol.shape[1:])
-    arr = ModalityNormalize(modality)(vol)[0].numpy()
+    arr = ModalityNormalize(modality)(vol)[0].numpy().astype(np.float32)
+    if not np.isfinite(arr).all():  # e.g. intensities near 3e38: the z-score overflows float32
+        raise VolumeError(image, "intensities are not finite after normalisation (overflow); check the file's scaling")
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))

@@ -37,7 +37,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from components.io.errors import OptionError, RunError
+from components.io.errors import InputError, OptionError, RunError
 
 __all__ = [
     "NonFiniteLossError",
@@ -162,6 +162,13 @@ class InContextTrainer(SupervisedTrainer):
                     objects[state_key] = self  # MONAI/Ignite read these dicts when saving/loading
                     if best is not None and (attr == "save_dict" or _holds_key(handler, BestMetricState.KEY)):
                         objects[BestMetricState.KEY] = best
+
+    def _handle_exception(self, e: BaseException) -> None:
+        """Our errors (a non-finite loss, bad input) leave as they are: no traceback from each
+        ``EXCEPTION_RAISED`` handler (MONAI's ``StatsHandler`` logs one, then re-raises)."""
+        if isinstance(e, (RunError, InputError)):
+            raise e
+        super()._handle_exception(e)
 
     def _fail(self, what: str, value: float) -> None:
         raise NonFiniteLossError(

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import monai.bundle.scripts  # noqa: F401 - its logger keeps the stdout of its first import: not a test's capture
 import numpy as np
 import torch
 

@@ -605,3 +605,31 @@ def test_incontext_with_an_existing_task_file_needs_no_split(tmp_path, capsys, m
     out = run_bundle(capsys, monkeypatch, "mass_fewshot", "incontext.json", *argv)
     assert out.code == 0, out.stderr[-2000:]  # was: error: no.json: split file does not exist
     assert (tmp_path / "out" / "colin27_t1_incontext_seg.nii.gz").is_file()
+
+
+def test_non_finite_loss_is_one_line_after_no_traceback(tmp_path, capsys, monkeypatch, one_thread):
+    from tests.pretrain._util import masksets_from_labels
+
+    masks = masksets_from_labels(tmp_path / "masks", max_ids=4)
+    argv = _pretrain(tmp_path, tmp_path / "run", mask_dir=masks, lr=1e12, iters_per_epoch=3, overwrite=False)
+    out = run_bundle(capsys, monkeypatch, "mass_pretrain", "train.json", *argv)
+    assert out.code == 1 and len(out.errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.errors[0].startswith("error: non-finite loss") and out.stderr.strip().splitlines()[-1] == out.errors[0]
+
+
+def test_volume_overflowing_float32_is_named_not_the_loss(tmp_path, capsys, monkeypatch):
+    import nibabel as nib
+
+    from tests.pretrain._util import masksets_from_labels
+
+    src = nib.load(DEMO / "colin27_t1.nii.gz")
+    data = np.asarray(src.dataobj, dtype=np.float32)
+    huge = tmp_path / "data" / "colin27_t1.nii.gz"
+    huge.parent.mkdir()
+    nib.save(nib.Nifti1Image(data / data.max() * np.float32(3e38), src.affine), huge)
+    masks = masksets_from_labels(tmp_path / "masks", names=("colin27",), max_ids=4)
+    (tmp_path / "one.json").write_text(json.dumps({"all": [{"image": str(huge), "modality": "MR"}]}))
+    argv = _pretrain(tmp_path, tmp_path / "run", mask_dir=masks, datalist=tmp_path / "one.json", overwrite=False)
+    out = run_bundle(capsys, monkeypatch, "mass_pretrain", "train.json", *argv)
+    assert out.code == 2 and len(out.errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.errors[0].startswith(f"error: {huge}: intensities are not finite after normalisation")
