@@ -172,7 +172,24 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
     if exp.lifecycle_stage != "active":
         raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+    want = _artifact_location(tracking_uri)
+    if want and exp.artifact_location != want and exp.artifact_location.rstrip("/").endswith("/mlruns"):
+        _move_artifact_location(tracking_uri, exp.artifact_location, want)
     return exp.experiment_id
+
+
+def _move_artifact_location(tracking_uri: str, old: str, new: str) -> None:
+    """Point the experiments and runs of a copied SQLite store at the ``mlruns/`` beside it: the
+    location is stored as an absolute URI, so a sweep continued in a copy wrote into the original."""
+    import sqlite3
+
+    with sqlite3.connect(tracking_uri[len("sqlite:///") :]) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
+        con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+            (new, len(old) + 1, len(old), old),
+        )
+    logger.warning("MLflow artifacts now go to %s, beside the store (they went to %s: a copied store)", new, old)
 
 
 def _log_run(

@@ -235,3 +235,28 @@ def test_fewshot_split_with_a_support_volume_in_the_test_set_is_refused(tmp_path
         load_split(split)
     split.write_text(json.dumps({"train": [one], "test": [other]}))
     assert load_split(split)["val_is_train"]
+
+
+def test_sweep_continued_in_a_copied_folder_keeps_its_artifacts_there(tmp_path):
+    import shutil
+
+    from components.fewshot.report import tracking_client
+    from components.fewshot.sweep import _artifact_location, _experiment_id
+
+    first = tmp_path / "first"
+    first.mkdir()
+    uri = f"sqlite:///{first / 'mlruns.db'}"
+    client = tracking_client(uri)
+    run = client.create_run(_experiment_id(client, "mass_fewshot", uri))
+    client.log_text(run.info.run_id, "x", "result.json")
+    client.set_terminated(run.info.run_id)
+    shutil.copytree(first, tmp_path / "copy")
+    uri2 = f"sqlite:///{tmp_path / 'copy' / 'mlruns.db'}"
+    client2 = tracking_client(uri2)
+    exp_id = _experiment_id(client2, "mass_fewshot", uri2)
+    assert client2.get_experiment(exp_id).artifact_location == _artifact_location(uri2)
+    assert client2.get_run(run.info.run_id).info.artifact_uri.startswith(_artifact_location(uri2))
+    new = client2.create_run(exp_id)
+    client2.log_text(new.info.run_id, "y", "result.json")
+    written = [p for p in tmp_path.rglob("result.json") if new.info.run_id in str(p)]
+    assert len(written) == 1 and (tmp_path / "copy" / "mlruns") in written[0].parents  # was: first/mlruns/...
