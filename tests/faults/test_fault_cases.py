@@ -201,6 +201,18 @@ def _random_masks(tmp: Path, fin: Path) -> list[str]:
     return _pretrain(tmp, fin, mask_dir=d)
 
 
+def _masks_of(tmp: Path, fin: Path, kind: str) -> list[str]:
+    """Mask sets that pair with the volumes by name but cannot be used: on another grid, or absent."""
+    d = tmp / kind
+    d.mkdir()
+    m = np.zeros((8, 8, 8), bool)
+    m[2:5, 2:5, 2:5] = True
+    for n in ("colin27_t1", "mni152_t1"):
+        name = f"{n}.mset" if kind == "other-grid" else f"unrelated_{n}.mset"
+        write_maskset(d / name, [m], np.eye(4), image_path=str(DEMO / f"{n}.nii.gz"))
+    return _pretrain(tmp, fin, mask_dir=d)
+
+
 def _finished_probe(tmp: Path, fin: Path) -> list[str]:
     (fin / "probe").mkdir(exist_ok=True)
     (fin / "probe" / "summary.json").write_text('{"best_mean_auc": 0.9}')
@@ -286,6 +298,20 @@ CASES: list[Case] = [
     ("spacing-null-text", *P, lambda t, f: _pretrain(t, f, spacing="null"), 2, ("spacing:", "'null'")),
     ("warm-start-other-preset", *P, _other_preset, 2, ("warm_start:", "small.pt", "'small'", "'tiny'")),
     ("no-usable-volume", *P, _random_masks, 2, ("colin27_t1.mset:", "no usable volume")),
+    (
+        "no-usable-volume-other-grid",
+        *P,
+        lambda t, f: _masks_of(t, f, "other-grid"),
+        2,
+        ("colin27_t1.mset:", "does not match", "no usable volume"),
+    ),
+    (
+        "no-usable-volume-no-mask-set",
+        *P,
+        lambda t, f: _masks_of(t, f, "absent"),
+        2,
+        ("colin27_t1.nii.gz:", "no mask-set file", "no usable volume"),
+    ),
     # pretraining again over a finished run
     (
         "rerun-over-finished-model",
@@ -551,11 +577,16 @@ def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsy
     assert not unchanged(before, fin)
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated"])
 def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind, tmp_path, capsys):
-    from components.fewshot.report import main
+    from components.fewshot.report import main, tracking_client
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}" if kind == "missing" else _store(tmp_path, b"x" * 3000)
+    if kind == "truncated":  # a real store cut in half (a copy interrupted)
+        real = tmp_path / "real" / "mlruns.db"
+        real.parent.mkdir()
+        tracking_client(f"sqlite:///{real}").create_experiment("mass_fewshot")
+        uri = _store(tmp_path, real.read_bytes()[: real.stat().st_size // 2])
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         fire_main(main, ["--tracking_uri", uri, "--out_dir", str(tmp_path / "report")])
