@@ -52,7 +52,8 @@ def _incontext_bundle_run(
     """``monai.bundle run`` of incontext.json on the query with colin27 (``reference_label``) as the one reference."""
     split = tmp / "split.json"
     ref = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(reference_label)}
-    split.write_text(json.dumps({"train": [ref], "test": [ref]}))
+    query = {"image": str(QUERY), "label": str(reference_label)}  # not read: incontext.json uses 'train' only
+    split.write_text(json.dumps({"train": [ref], "val": [], "test": [query]}))  # load_split refuses overlaps
     out = bundle_run(
         bundle,
         "incontext.json",
