@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _inside(path: str, folder: str) -> bool:
+    """``path`` lies in ``folder`` (both real paths), and is not ``folder`` itself."""
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
 class MyApp(MONAILabelApp):
     """MASS few-shot (fixed-class and in-context) segmentation served by MONAI Label."""
 
@@ -93,7 +98,7 @@ class MyApp(MONAILabelApp):
         if image in datastore.list_images():
             return
         real = os.path.realpath(image)
-        if os.path.exists(real) and any(os.path.commonpath([real, d]) == d for d in self._readable_folders()):
+        if os.path.exists(real) and any(_inside(real, d) for d in self._readable_folders()):
             return  # a file uploaded with the request (or a session's image)
         if self.allow_server_paths:
             if not os.path.exists(image):
@@ -101,7 +106,7 @@ class MyApp(MONAILabelApp):
                     404, f"image {image!r} is neither an image id of the datastore nor a file on the server"
                 )
             return
-        if os.sep in image or os.path.isabs(image) or os.path.exists(image) or image in (".", ".."):
+        if os.sep in image or os.path.isabs(image) or os.path.exists(image):
             raise http_error(
                 403,
                 f"image {image!r} is a server path: only image ids of the datastore (or an uploaded file) are "

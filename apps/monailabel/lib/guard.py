@@ -111,20 +111,19 @@ def infer_error(exc: BaseException, upload_dir: str) -> HTTPException | None:
 class CheckedDatastore(LocalDatastore):
     """``LocalDatastore`` that checks ids, tags and uploaded volumes before anything is written."""
 
-    def _extension_of(self, filename: str, what: str) -> str:
+    def _check_extension(self, filename: str, what: str) -> None:
         exts = [e.lstrip("*") for e in self._extensions]
         found = next((e for e in exts if os.path.basename(filename).endswith(e)), None)
         if found is None:
             _, got = self._to_id(os.path.basename(filename))
             raise http_error(400, f"{what}: file type {got or '(none)'!r} is not one of {', '.join(exts)}")
-        return found
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         if not image_id:
             image_id, _ = self._to_id(os.path.basename(image_filename))
         check_name("image id", image_id)
         what = f"uploaded image {image_id!r}"
-        self._extension_of(image_filename, what)
+        self._check_extension(image_filename, what)
         load_upload(image_filename, what)
         return super().add_image(image_id, image_filename, image_info)
 
@@ -134,7 +133,7 @@ class CheckedDatastore(LocalDatastore):
         if not image:
             raise http_error(404, f"no image {image_id!r} in the datastore to label")
         what = f"uploaded label of {image_id!r} (tag {label_tag!r})"
-        self._extension_of(label_filename, what)
+        self._check_extension(label_filename, what)
         label = load_upload(label_filename, what)
         if not _is_label_map(label):
             raise http_error(400, f"{what}: label values must be whole numbers >= 0")
