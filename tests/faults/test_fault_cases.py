@@ -648,6 +648,21 @@ def test_non_finite_loss_is_one_line_after_no_traceback(tmp_path, capsys, monkey
     assert out.errors[0].startswith("error: non-finite loss") and out.stderr.strip().splitlines()[-1] == out.errors[0]
 
 
+def test_our_errors_skip_the_exception_handlers_that_print_tracebacks():
+    import types
+
+    from ignite.engine import Events
+
+    from components.pretrain.engine import InContextTrainer, NonFiniteLossError
+
+    fired: list = []
+    engine = types.SimpleNamespace(_event_handlers={Events.EXCEPTION_RAISED: ["StatsHandler"]})
+    engine._fire_event = lambda *a: fired.append(a)  # MONAI's StatsHandler logs the traceback here
+    with pytest.raises(NonFiniteLossError):
+        InContextTrainer._handle_exception(engine, NonFiniteLossError("non-finite loss"))
+    assert fired == []
+
+
 def test_volume_overflowing_float32_is_named_not_the_loss(tmp_path, capsys, monkeypatch):
     import nibabel as nib
 
