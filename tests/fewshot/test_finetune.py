@@ -24,7 +24,8 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     torch.set_num_threads(2)
     colin = {"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [colin]}))
+    mni = {"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}
+    split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [mni]}))  # a test case must be unseen
     out = tmp_path / "ft"
     wf = ConfigWorkflow(
         config_file=str(BUNDLE / "configs/train.json"),
@@ -51,12 +52,12 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     wf.finalize()
 
     classes = parse_classes(CLASSES)
-    test = load_split(split)["test"]
+    seen = load_split(split)["train"]  # finetuning must raise the Dice of the volume it trained on
     model = FixedClassNet("tiny", num_classes=len(classes)).eval()
     model.load_state_dict(init_state)
-    before = evaluate(lambda x: model(x), test, classes, SPACING, ROI)["dice_mean"]
+    before = evaluate(lambda x: model(x), seen, classes, SPACING, ROI)["dice_mean"]
     model.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
-    after = evaluate(lambda x: model(x), test, classes, SPACING, ROI)["dice_mean"]
+    after = evaluate(lambda x: model(x), seen, classes, SPACING, ROI)["dice_mean"]
     assert after > before + 0.1 and after > 2 * before, (before, after)
 
 
@@ -65,7 +66,8 @@ def test_finetuning_evaluates_and_saves_the_ema_weights(demo_data: Path, tmp_pat
     torch.set_num_threads(2)
     colin = {"image": str(demo_data / "colin27_t1.nii.gz"), "label": str(demo_data / "colin27_seg.nii.gz")}
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [colin]}))
+    mni = {"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}
+    split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [mni]}))  # a test case must be unseen
     out = tmp_path / "ft"
     wf = ConfigWorkflow(
         config_file=str(BUNDLE / "configs/train.json"),
