@@ -9,7 +9,6 @@ A test override appends a ``run`` step that records the file of every loaded ``c
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests._scripts import load_script
 from tests.pretrain._util import masksets_from_labels, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,11 +34,7 @@ NOT_NEEDED = {  # subpackages an export must not carry
 
 
 def _exporter():
-    spec = importlib.util.spec_from_file_location("export_bundle", REPO / "scripts" / "export_bundle.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("export_bundle")
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,10 @@ CLASS_NAMES: list[str] = json.loads((REPO / "bundles/mass_fewshot/configs/infere
 
 def make_export(root: Path) -> Path:
     """Standalone mass_fewshot export under ``root`` with seeded fixed-class weights, model.pt and model.ts."""
-    import importlib.util
-
     from components.network.nets import FixedClassNet
+    from tests._scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("export_bundle", REPO / "scripts" / "export_bundle.py")
-    assert spec and spec.loader
-    export = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export)
+    export = load_script("export_bundle")
     torch.manual_seed(3)
     ckpt = root / "ft.pt"
     torch.save({"model": FixedClassNet("tiny", num_classes=len(CLASS_NAMES)).state_dict()}, ckpt)

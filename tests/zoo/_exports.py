@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
+
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "tests" / "resources" / "meta_schema_20240725.json"
@@ -15,11 +16,7 @@ WITH_WEIGHTS = ("mass_pretrain", "mass_fewshot", "mass_probe")  # maskgen has no
 
 
 def exporter():
-    spec = importlib.util.spec_from_file_location("export_bundle", REPO / "scripts" / "export_bundle.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("export_bundle")
 
 
 def default_network(name: str) -> torch.nn.Module:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,17 +23,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.zoo._exports import REPO, exporter, random_weights
+from tests._scripts import load_script
+from tests.zoo._exports import exporter, random_weights
 
 NAME = "mass_fewshot"
 
 
 def _publisher():
-    spec = importlib.util.spec_from_file_location("publish_bundle", REPO / "scripts" / "publish_bundle.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("publish_bundle")
 
 
 @pytest.fixture
