@@ -111,6 +111,7 @@ def overrides(rung: str, out: Path, mask_dir: Path, a: dict[str, Any]) -> dict[s
         "spacing": [float(a["spacing"])] * 3,
         "crop_size": [crop] * 3,
         "max_masks": int(a["max_masks"]),
+        "min_mask_voxels": int(a["min_mask_voxels"]),
         "batch_size": int(a["batch"]),
         "num_workers": 0,
         "iters_per_epoch": int(a["eval_every"]),
@@ -202,6 +203,7 @@ def main(
     crop: int = 48,
     spacing: float = 4.0,
     max_masks: int = 6,
+    min_mask_voxels: int = 8,
     batch: int = 2,
     iters: int = 20000,
     eval_every: int = 50,
@@ -210,8 +212,13 @@ def main(
     threads: int = 1,
     seed: int = 0,
     channels: tuple[int, ...] | None = None,
+    masks_dir: str | None = None,
 ) -> dict:
-    """Train one rung until it is reached, ``iters`` iterations or ``minutes``; returns the summary."""
+    """Train one rung until it is reached, ``iters`` iterations or ``minutes``; returns the summary.
+
+    ``masks_dir``: where the demo brains' label mask sets are written once (default
+    ``experiments/ladder/masks``).
+    """
     if rung not in TARGETS:
         raise ValueError(f"--rung must be one of {sorted(TARGETS)}, got {rung!r}")
     torch.set_num_threads(int(threads))
@@ -221,7 +228,9 @@ def main(
     state = json.loads(curve_file.read_text()) if curve_file.is_file() else {"rows": [], "reached": None}
     args = dict(locals())
     args["resume"] = bool(list((out / "eval" / "checkpoints").glob("*.pt"))) if (out / "eval").is_dir() else False
-    mask_dir = label_masksets(REPO / "experiments" / "ladder" / "masks", (*TRAIN_VOLUMES, HELD_OUT))
+    mask_dir = label_masksets(
+        Path(masks_dir) if masks_dir else REPO / "experiments" / "ladder" / "masks", (*TRAIN_VOLUMES, HELD_OUT)
+    )
     wf = ConfigWorkflow(
         config_file=str(BUNDLE / "configs" / "train.json"),
         meta_file=str(BUNDLE / "configs" / "metadata.json"),
@@ -236,7 +245,19 @@ def main(
     batches = eval_batches(rung, wf, eval_samples, batch)
     kind, target = TARGETS[rung]
     settings = {
-        k: args[k] for k in ("rung", "preset", "optimizer", "lr", "crop", "spacing", "max_masks", "batch", "seed")
+        k: args[k]
+        for k in (
+            "rung",
+            "preset",
+            "optimizer",
+            "lr",
+            "crop",
+            "spacing",
+            "max_masks",
+            "min_mask_voxels",
+            "batch",
+            "seed",
+        )
     }
     settings["channels"] = list(net.channels)
     state["settings"] = settings
