@@ -157,7 +157,8 @@ class CurveRecorder:
         self.timing = {"samples": 0, "data_seconds": 0.0, "step_seconds": 0.0}
         self._t = 0.0
 
-    def evaluate(self, weights: torch.nn.Module) -> dict[str, Any]:
+    def evaluate(self, weights: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Held-out in-context Dice with the largest-component step (as released) and without it."""
         from components.fewshot.evaluate import evaluate
         from components.fewshot.tasks import encode_support
         from components.inference.incontext import segment_in_chunks
@@ -169,11 +170,15 @@ class CurveRecorder:
         common = dict(spacing=self.spacing, roi_size=self.roi_size, modality="mr")
         with torch.no_grad():
             task = encode_support(net, self.support, self.classes, **common)
-            return evaluate(lambda x: segment_in_chunks(net.segment, x, task), self.test, self.classes, **common)
+            predictor = lambda x: segment_in_chunks(net.segment, x, task)  # noqa: E731
+            return (
+                evaluate(predictor, self.test, self.classes, **common),
+                evaluate(predictor, self.test, self.classes, **common, largest_component=False),
+            )
 
     def record(self, iteration: int, weights: torch.nn.Module) -> None:
-        result = self.evaluate(weights)
-        dice = result["dice"]
+        result, no_lcc = self.evaluate(weights)
+        dice, dice_no_lcc = result["dice"], no_lcc["dice"]
         demo = [dice[k] for k in DEMO_CLASSES]
         row = {
             "iteration": iteration,
@@ -181,17 +186,23 @@ class CurveRecorder:
             "train_loss": round(float(np.mean(self.losses)), 5) if self.losses else "",
             "dice_demo5": round(float(np.nanmean(demo)), 5),
             "dice_all": round(float(np.nanmean(list(dice.values()))), 5),
+            "dice_demo5_no_lcc": round(float(np.nanmean([dice_no_lcc[k] for k in DEMO_CLASSES])), 5),
+            "dice_all_no_lcc": round(float(np.nanmean(list(dice_no_lcc.values()))), 5),
             **{f"dice_{k}": round(v, 5) for k, v in dice.items()},
+            **{f"dice_no_lcc_{k}": round(v, 5) for k, v in dice_no_lcc.items()},
         }
         self.losses.clear()
-        new = not self.csv.is_file()
-        with self.csv.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        rows: list[dict[str, Any]] = [*read_curve(self.csv), row]  # a curve of an older column set is widened
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.csv)
         print(
-            f"[curve] it {iteration}: demo5 {row['dice_demo5']:.4f} all {row['dice_all']:.4f} loss {row['train_loss']}",
+            f"[curve] it {iteration}: demo5 {row['dice_demo5']:.4f} (no LCC {row['dice_demo5_no_lcc']:.4f}) "
+            f"all {row['dice_all']:.4f} (no LCC {row['dice_all_no_lcc']:.4f}) loss {row['train_loss']}",
             flush=True,
         )
         plot_curve(self.csv, self.out_dir / "curve.png")
@@ -244,6 +255,9 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(it, [float(r["dice_demo5"]) for r in rows], "o-", label="held-out Dice, 5 demo classes")
     ax.plot(it, [float(r["dice_all"]) for r in rows], "s--", label="held-out Dice, all classes >= 1 cm3")
+    no_lcc = [(i, float(r["dice_all_no_lcc"])) for i, r in zip(it, rows) if r.get("dice_all_no_lcc")]
+    if no_lcc:
+        ax.plot(*zip(*no_lcc), "^:", label="same, without the largest-component step")
     ax.set_xlabel("iteration")
     ax.set_ylabel("in-context Dice (MNI152 from Colin27)")
     ax.grid(alpha=0.3)

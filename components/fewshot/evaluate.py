@@ -161,8 +161,12 @@ def evaluate(
     modality: str = "mr",
     save_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    largest_component: bool = True,
 ) -> dict[str, Any]:
     """Segment and score every test volume; returns :func:`summarize` of the cases plus ``cases``.
+
+    ``largest_component`` keeps only the largest connected component of each class (as released);
+    ``False`` scores the thresholded prediction as it is (bilateral structures keep both sides).
 
     With ``save_dir`` each prediction is written as a label map NIfTI (0 = none, m+1 = ``classes[m]``)
     on the query's grid. A volume that fails (unreadable, grid mismatch) is recorded under
@@ -177,7 +181,7 @@ def evaluate(
         try:
             raw = read_label({"label": item["label"]})["label"]
             check_label_values(raw, str(item["label"]))
-            pred = segment_volume(predictor, item["image"], spacing, roi_size, modality, device=device)
+            pred = segment_volume(predictor, item["image"], spacing, roi_size, modality, largest_component, device)
             if tuple(raw.shape[1:]) != tuple(pred.shape[1:]):
                 raise VolumeError(
                     item["label"],

@@ -116,3 +116,19 @@ def test_patient_level_split_is_fixed_in_a_file(demo_data: Path, tmp_path: Path)
     again = load_split(path)
     assert [d["image"] for d in again["test"]] == [d["image"] for d in split["test"]]
     assert again["val_is_train"] and again["val"] == again["train"]
+
+
+def test_dice_with_and_without_the_largest_component(demo_data: Path) -> None:
+    """An intensity-threshold 'segmenter' gives many components: dropping all but the largest changes the score."""
+    classes = parse_classes({"lateral_ventricles": [4, 43], "cerebellum_cortex": [8, 47]})
+    test = [_pair(demo_data, "mni152")]
+
+    def bright(x: torch.Tensor) -> torch.Tensor:  # window [B, 1, ...] -> 2 channels: above the mean, in 4-voxel slabs
+        slabs = (torch.arange(x.shape[2]) // 4 % 2 == 0).view(1, 1, -1, 1, 1)
+        return torch.where(slabs & (x > x.mean()), 5.0, -5.0).repeat(1, len(classes), 1, 1, 1)
+
+    with_lcc = evaluate(bright, test, classes, [4.0] * 3, [48] * 3)
+    without = evaluate(bright, test, classes, [4.0] * 3, [48] * 3, largest_component=False)
+    assert not with_lcc["failed"] and not without["failed"]
+    for name in ("lateral_ventricles", "cerebellum_cortex"):
+        assert with_lcc["dice"][name] != without["dice"][name], (with_lcc["dice"], without["dice"])
