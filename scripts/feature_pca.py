@@ -43,6 +43,20 @@ def pca_rgb(features: torch.Tensor) -> np.ndarray:
 def main(ckpt: str, volume: str, out: str, stage: int = 1, spacing: float = 3.0, modality: str = "auto") -> str:
     """Write the PCA picture of ``volume`` through the encoder of ``ckpt`` to ``out``; returns its path."""
     net, _ = network_from_release_checkpoint(ckpt)
+    return picture(net, volume, out, stage, spacing, modality, title=Path(ckpt).name)
+
+
+def picture(
+    net: torch.nn.Module,
+    volume: str,
+    out: str | Path,
+    stage: int = 1,
+    spacing: float = 3.0,
+    modality: str = "auto",
+    title: str = "",
+) -> str:
+    """The PCA picture of ``volume`` through ``net.encoder`` (a ``MASSNet``) -> PNG at ``out``."""
+    was = net.training
     net.eval()
     image = ModalityNormalize(modality)(load_volume(volume, spacing=[spacing] * 3))
     img = torch.as_tensor(np.asarray(image), dtype=torch.float32)[0]
@@ -52,6 +66,7 @@ def main(ckpt: str, volume: str, out: str, stage: int = 1, spacing: float = 3.0,
     with torch.no_grad():
         feats = net.encoder(img[None, None])[int(stage)]
         feats = F.interpolate(feats, size=tuple(size), mode="trilinear", align_corners=False)[0]
+    net.train(was)
     rgb = pca_rgb(feats)
 
     import matplotlib
@@ -67,11 +82,13 @@ def main(ckpt: str, volume: str, out: str, stage: int = 1, spacing: float = 3.0,
         axes[1, i].imshow(np.rot90(cut(rgb)))
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.suptitle(f"{Path(ckpt).name}: encoder stage {stage} PCA (RGB = PC1-3) on {Path(volume).name}", fontsize=9)
+    fig.suptitle(f"{title}: encoder stage {stage} PCA (RGB = PC1-3) on {Path(volume).name}", fontsize=9)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    tmp = Path(out).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
+    tmp.replace(out)
     return str(out)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import fire
 import numpy as np
 import torch
+from feature_pca import picture as pca_picture
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from torch.utils.data import default_collate
@@ -213,11 +214,13 @@ def main(
     seed: int = 0,
     channels: tuple[int, ...] | None = None,
     masks_dir: str | None = None,
+    pca_every: int = 500,
 ) -> dict:
     """Train one rung until it is reached, ``iters`` iterations or ``minutes``; returns the summary.
 
     ``masks_dir``: where the demo brains' label mask sets are written once (default
-    ``experiments/ladder/masks``).
+    ``experiments/ladder/masks``). Every ``pca_every`` iterations (0: never) the EMA encoder's
+    features on the held-out brain are pictured (``scripts/feature_pca.py``) in ``pca/it_NNNNN.png``.
     """
     if rung not in TARGETS:
         raise ValueError(f"--rung must be one of {sorted(TARGETS)}, got {rung!r}")
@@ -286,6 +289,16 @@ def main(
             f"{rung} {preset} {optimizer} lr {lr} {crop}^3 {spacing} mm, {max_masks} masks, batch {batch}: label masks"
         )
         plot(state["rows"], title, out / "curve.png")
+        if pca_every and row["iteration"] % int(pca_every) == 0:
+            (out / "pca").mkdir(exist_ok=True)
+            pca_picture(
+                ema_net,
+                str(DEMO / f"{HELD_OUT}_t1.nii.gz"),
+                out / "pca" / f"it_{row['iteration']:05d}.png",
+                spacing=float(spacing),
+                modality="mr",
+                title=f"{out.name} EMA, iteration {row['iteration']}",
+            )
         print(
             f"it {row['iteration']} {row['seconds']:.0f}s loss {loss:.3f} ema {row['ema']} raw {row['raw']}", flush=True
         )

@@ -34,6 +34,7 @@ def test_r0_one_fixed_sample_is_learnt(tmp_path: Path) -> None:
             minutes=12,
             threads=1,
             masks_dir=str(tmp_path / "masks"),
+            pca_every=100,
         )
     finally:
         torch.set_num_threads(threads)
@@ -45,3 +46,4 @@ def test_r0_one_fixed_sample_is_learnt(tmp_path: Path) -> None:
     assert summary["reached"] is not None, trace
     assert summary["reached"]["dice"] >= 0.9 and summary["iterations"] <= 240, summary
     assert (tmp_path / "r0" / "curve.png").is_file()
+    assert (tmp_path / "r0" / "pca" / "it_00100.png").is_file()  # the EMA encoder's features, pictured
