@@ -2,11 +2,14 @@
 
 Each pair ``{"ref_image", "ref_label", "image", "label", "modality"?}`` gives a reference volume whose
 label channels define the tasks and a query volume to segment (same label ids). Both are loaded
-with the training preprocessing (RAS, target spacing, per-modality normalisation), cropped to
-``roi_size`` around the label's foreground and padded with the volume minimum. Items have the
-training sample keys (``query_image``, ``query_masks``, ``ref_image``, ``ref_masks``, ``valid``), so the
-same ``prepare_incontext_batch`` and MONAI ``MeanDice`` apply. (Held-out *mask-set* validation uses
-:class:`~components.pretrain.data.MaskPretrainDataset` itself with fixed sample ids.)
+with the training preprocessing (RAS, target spacing, per-modality normalisation). The reference is
+cropped to ``roi_size`` around its label's foreground (padded with the volume minimum): it is the
+labelled support. The query is the whole volume, never cropped around its own labels: the bundle's
+label evaluator segments it with sliding windows (``ReferenceInferer``, ``max_classes_per_pass``
+classes per pass, as the few-shot in-context path), so ``val_label_dice`` is one whole-volume Dice.
+Items have the training sample keys (``query_image``, ``query_masks``, ``ref_image``, ``ref_masks``,
+``valid``), so ``prepare_incontext_batch`` and MONAI ``MeanDice`` apply. (Held-out *mask-set*
+validation uses :class:`~components.pretrain.data.MaskPretrainDataset` itself with fixed sample ids.)
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from components.io.errors import VolumeError
 __all__ = ["LabelPairDataset"]
 
 
-def _load(image: str, label: str, spacing: Sequence[float] | None, roi: Sequence[int], modality: str | None):
+def _load(
+    image: str, label: str, spacing: Sequence[float] | None, roi: Sequence[int] | None, modality: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [1, *] float, label [*] int32 on the target grid; with ``roi``: cropped around the label."""
     img = load_volume(image, spacing=spacing)
     lab: torch.Tensor = load_volume(label)  # native grid first, then the image's target grid with nearest neighbour
     if spacing is not None:
@@ -38,6 +44,8 @@ def _load(image: str, label: str, spacing: Sequence[float] | None, roi: Sequence
         raise VolumeError(label, f"label grid {tuple(lab.shape[1:])} does not match image {tuple(img.shape[1:])}")
     x = ModalityNormalize(modality)(img)  # modality None: guessed from the image
     d: dict[Hashable, Any] = {"image": x, "label": torch.as_tensor(lab).round().to(torch.int32)}
+    if roi is None:
+        return torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"])[0]
     d = CropForegroundd(["image", "label"], source_key="label", allow_smaller=True)(d)
     d = ResizeWithPadOrCropd(["image", "label"], spatial_size=tuple(roi), value=float(x.min()))(d)
     return torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"])[0]
@@ -49,7 +57,7 @@ class LabelPairDataset(Dataset):
     Args:
         pairs: ``{"ref_image", "ref_label", "image", "label", "modality"?}`` dicts.
         spacing: target spacing (mm) as in training.
-        roi_size: window (each dim divisible by 16, <= 128).
+        roi_size: the reference's window (each dim divisible by 16, <= 128); the query stays whole.
         label_ids: ids to evaluate (default: every id present in both label maps).
         max_masks: pad/cap the mask dimension to this many channels (default: number of ids).
     """
@@ -66,7 +74,7 @@ class LabelPairDataset(Dataset):
         for p in pairs:
             try:
                 ri, rl = _load(p["ref_image"], p["ref_label"], spacing, roi_size, p.get("modality"))
-                qi, ql = _load(p["image"], p["label"], spacing, roi_size, p.get("modality"))
+                qi, ql = _load(p["image"], p["label"], spacing, None, p.get("modality"))
             except (VolumeError, OSError, ValueError, KeyError) as e:
                 warnings.warn(f"skipping validation pair: {e}", stacklevel=2)
                 continue

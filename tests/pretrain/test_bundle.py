@@ -226,3 +226,34 @@ def test_mlflow_tracking_settings_log_params_metrics_and_artifacts(tmp_path, mas
     assert {"train_loss", "val_mean_dice"} <= metrics
     artifacts = {p.name for p in (tmp_path / "eval" / "mlruns").rglob("*") if p.is_file()}
     assert "model.pt" in artifacts and any(a.startswith("config_") and a.endswith(".json") for a in artifacts)
+
+
+def test_label_validation_segments_the_whole_query_volume(tmp_path, mask_dir):
+    """val_label_dice: reference cropped around its labels, the query whole (never cropped around its own labels)."""
+    from components.data.loading import load_volume
+    from components.pretrain.validation import LabelPairDataset
+
+    pair = {
+        "ref_image": str(REPO / "data/demo/colin27_t1.nii.gz"),
+        "ref_label": str(REPO / "data/demo/colin27_seg.nii.gz"),
+        "image": str(REPO / "data/demo/mni152_t1.nii.gz"),
+        "label": str(REPO / "data/demo/mni152_seg.nii.gz"),
+        "modality": "MR",
+    }
+    spacing = [6.0, 6.0, 6.0]
+    wf = _workflow(tiny_overrides(tmp_path, mask_dir, val_label_pairs=[pair], spacing=spacing))
+    ds = wf.parser.get_parsed_content("validate#label_dataset")
+    assert isinstance(ds, LabelPairDataset) and len(ds) == 1
+    whole = tuple(load_volume(pair["image"], spacing=spacing).shape[1:])
+    item = ds[0]
+    assert tuple(item["query_image"].shape[1:]) == whole and tuple(item["query_masks"].shape[1:]) == whole
+    assert tuple(item["ref_image"].shape[1:]) == (32, 32, 32)  # the labelled support, cropped to the window
+    assert item["valid"].sum() > 8  # more classes than one decoder pass carries: chunked as the release
+
+    evaluator = wf.parser.get_parsed_content("validate#label_evaluator")
+    shapes = []
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: shapes.append(e.state.output[0]["pred"].shape))
+    evaluator.run()
+    dice = evaluator.state.metrics["val_label_dice"]
+    assert 0.0 <= dice <= 1.0
+    assert tuple(shapes[0][1:]) == whole  # one prediction over the whole query grid
