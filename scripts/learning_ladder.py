@@ -162,9 +162,11 @@ def eval_batches(rung: str, wf: ConfigWorkflow, n: int, batch: int) -> list[dict
 def score(net: torch.nn.Module, batches: list[dict]) -> dict:
     was = net.training
     net.eval()
+    dev = next(net.parameters()).device
     logits, refs, tgts, valids = [], [], [], []
     for b in batches:
-        logits.append(net(b["query_image"].float(), b["ref_image"].float(), b["ref_masks"].float()))
+        x, ri, rm = (b[k].float().to(dev) for k in ("query_image", "ref_image", "ref_masks"))
+        logits.append(net(x, ri, rm).float().cpu())
         refs.append(b["ref_masks"])
         tgts.append(b["query_masks"])
         valids.append(b["valid"])
