@@ -6,6 +6,11 @@ The main table has the shape of the paper's Table 1: one row per initialisation 
 Below it: the same for HD95 (mm), a per-class Dice table, excluded (absent) classes, failed runs.
 The PNG plots mean Dice against shots with ± std error bars, one line per row.
 
+Runs of different data settings (tag ``data_settings_sha256``: dataset, classes, split, preset,
+spacing, window, modality) are never mixed: a sweep reports its own setting; the command line writes
+one section (and one PNG, ``dice_vs_shots_<sha>.png``) per setting when the store holds several, or
+only ``--data_settings`` when given.
+
 Command line::
 
     python -m components.fewshot.report --tracking_uri sqlite:///demo_output/fewshot/mlruns.db \
@@ -26,7 +31,15 @@ import numpy as np
 from components.io.atomic import atomic_write
 from components.io.errors import OptionError
 
-__all__ = ["tracking_client", "collect_runs", "aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
+__all__ = [
+    "tracking_client",
+    "collect_runs",
+    "aggregate",
+    "render_markdown",
+    "plot_dice_vs_shots",
+    "group_by_settings",
+    "write_report",
+]
 
 MODE_NAMES = {"ic": "IC", "ft": "FT"}
 
@@ -118,8 +131,9 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
         f"# Few-shot segmentation report ({experiment})",
         "",
         f"Dataset `{meta.get('dataset', '?')}`, preset `{meta.get('preset', '?')}`, classes: "
-        f"{meta.get('classes', ', '.join(classes))}. Seeds: {seeds}. {len(finished)} finished runs "
-        f"read from MLflow `{tracking_uri}`.",
+        f"{meta.get('classes', ', '.join(classes))}. Spacing {meta.get('spacing', '?')}, window "
+        f"{meta.get('roi_size', '?')}, split `{meta.get('split_file', '?')}` (sha256 {meta.get('split_sha256', '?')}). "
+        f"Seeds: {seeds}. {len(finished)} finished runs read from MLflow `{tracking_uri}`.",
         "",
         "## Dice (%), class mean, mean ± std over seeds",
         "",
@@ -187,21 +201,49 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
     return path
 
 
-def write_report(tracking_uri: str, experiment: str = "mass_fewshot", out_dir: str | os.PathLike = ".") -> Path:
-    """Write ``<out_dir>/report.md`` and ``<out_dir>/dice_vs_shots.png``; returns the Markdown path."""
-    runs = collect_runs(tracking_uri, experiment)
+def group_by_settings(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``{data_settings_sha256: runs}``, the setting of the newest run first (runs of older versions: ``""``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:  # search_runs returns newest first
+        groups.setdefault(r["tags"].get("data_settings_sha256", ""), []).append(r)
+    return groups
+
+
+def write_report(
+    tracking_uri: str,
+    experiment: str = "mass_fewshot",
+    out_dir: str | os.PathLike = ".",
+    data_settings: str | None = None,
+) -> Path:
+    """Write ``<out_dir>/report.md`` and its PNG(s); returns the Markdown path.
+
+    ``data_settings``: report only the runs of that ``data_settings_sha256`` (a sweep's own); ``None``:
+    every setting in the store, one section each.
+    """
+    groups = group_by_settings(collect_runs(tracking_uri, experiment))
+    if data_settings is not None:
+        groups = {data_settings: groups.get(data_settings, [])}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_dice_vs_shots(runs, out / "dice_vs_shots.png")
+    sections = []
+    for sha, runs in groups.items():
+        name = "dice_vs_shots.png" if len(groups) == 1 else f"dice_vs_shots_{sha or 'untagged'}.png"
+        png = plot_dice_vs_shots(runs, out / name)
+        text = render_markdown(runs, experiment, tracking_uri, png.name)
+        if len(groups) > 1:
+            text = text.replace("# Few-shot segmentation report", f"# Data setting {sha or 'untagged'}: report", 1)
+        sections.append(text)
     md = out / "report.md"
-    text = render_markdown(runs, experiment, tracking_uri, png.name)
+    text = "\n\n".join(sections)
     atomic_write(md, lambda tmp: Path(tmp).write_text(text))
     return md
 
 
-def main(tracking_uri: str, out_dir: str = ".", experiment: str = "mass_fewshot") -> None:
+def main(
+    tracking_uri: str, out_dir: str = ".", experiment: str = "mass_fewshot", data_settings: str | None = None
+) -> None:
     """Command-line entry: write the report and print its path."""
-    print(f"Few-shot report: {write_report(tracking_uri, experiment, out_dir)}")
+    print(f"Few-shot report: {write_report(tracking_uri, experiment, out_dir, data_settings)}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,13 @@ Scores (:func:`components.fewshot.evaluate.evaluate`) are written to ``<out>/run
 (temp name, then rename) and logged to MLflow (params mode, shots, seed, init, dataset, preset, ...;
 metrics ``dice_<class>``, ``hd95_<class>``, ``dice_mean``, ``hd95_mean``; tag ``run_key``). A sweep
 started again skips every key with a FINISHED MLflow run, and re-logs (without recomputing) keys whose
-``result.json`` exists but whose MLflow run did not finish. Both count only when made from the same
-initialisation file (tag and field ``init_sha256``): after retraining, the runs of that
-initialisation are done again, and the report reads the newest run of each key. A failing run is recorded (status FAILED,
-error in ``error.txt``) and the others go on.
+``result.json`` exists but whose MLflow run did not finish. Both count only when made with the same
+settings (tag and field ``settings_sha256``: the dataset name, classes, split file content, preset,
+spacing, window, modality, the initialisation file's content and, for FT, ``ft_overrides``): another
+dataset, split or finetuning setting in the same store is run, not skipped, and an earlier run folder
+of other settings is kept as ``runs/<key>.<its settings_sha256>``. The report reads the newest run of
+each key among the runs of one data setting (tag ``data_settings_sha256``), never mixing two. A
+failing run is recorded (status FAILED, error in ``error.txt``) and the others go on.
 
 Run it as the bundle config ``configs/sweep.json`` of ``mass_fewshot`` (every option is a config id;
 :func:`sweep_and_report` is its ``run`` entry)::
@@ -33,6 +36,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Mapping
@@ -135,6 +139,10 @@ def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
     path = cfg["inits"].get(init)
     if not path or not os.path.isfile(path):
         return "none"
+    return _file_sha256(path)
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -142,19 +150,44 @@ def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _finished_keys(client: Any, exp_id: str) -> dict[str, str]:
-    """``{run_key: init_sha256}`` of the newest FINISHED run of each key."""
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What every run of a sweep shares and what changes its scores: dataset, classes, split, grid, preset."""
+    return {
+        "dataset": str(cfg["dataset"]),
+        "classes": {c.name: list(c.label_ids) for c in parse_classes(cfg["classes"])},
+        "split_sha256": _file_sha256(cfg["split_file"]),
+        "preset": str(cfg["preset"]),
+        "spacing": [float(v) for v in cfg["spacing"]] if cfg.get("spacing") is not None else None,
+        "roi_size": [int(v) for v in cfg["roi_size"]],
+        "modality": str(cfg.get("modality")),
+    }
+
+
+def run_settings(cfg: Mapping[str, Any], mode: str, init_sha256: str) -> dict[str, Any]:
+    """Everything that changes one run's result besides its key: the data settings, the initialisation
+    file's hash and, for finetuning, the finetuning overrides."""
+    return {
+        "data_settings_sha256": _digest(data_settings(cfg)),
+        "init_sha256": init_sha256,
+        "ft_overrides": dict(cfg.get("ft_overrides") or {}) if mode == "ft" else {},
+    }
+
+
+def _finished_keys(client: Any, exp_id: str) -> set[tuple[str, str]]:
+    """``{(run_key, settings_sha256)}`` of every FINISHED run (one store may hold several settings)."""
     runs = client.search_runs(
         [exp_id],
         filter_string="attributes.status = 'FINISHED'",
         max_results=10000,
         order_by=["attributes.start_time DESC"],
     )
-    done: dict[str, str] = {}
-    for r in runs:
-        if r.data.tags.get("run_key"):
-            done.setdefault(r.data.tags["run_key"], r.data.tags.get("init_sha256", ""))
-    return done
+    return {
+        (r.data.tags["run_key"], r.data.tags.get("settings_sha256", "")) for r in runs if r.data.tags.get("run_key")
+    }
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
@@ -204,13 +237,21 @@ def _log_run(
     result: Mapping[str, Any] | None,
     error: str | None,
     run_dir: Path,
-    fingerprint: str,
+    settings: Mapping[str, Any],
 ) -> None:
     """One MLflow run for ``key``: params, tags, metrics and ``result.json``; FAILED with the error if any."""
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags  # user, source, git commit, as mlflow.start_run
 
-    tags = resolve_tags({"run_key": key, "stage": "mass_fewshot", "init_sha256": fingerprint})
+    tags = resolve_tags(
+        {
+            "run_key": key,
+            "stage": "mass_fewshot",
+            "init_sha256": settings["init_sha256"],
+            "data_settings_sha256": settings["data_settings_sha256"],
+            "settings_sha256": _digest(settings),
+        }
+    )
     run_id = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
     try:
         params = {
@@ -224,6 +265,10 @@ def _log_run(
             "roi_size": cfg["roi_size"],
             "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
             "init_checkpoint": str(cfg["inits"].get(init) or ""),
+            "modality": cfg.get("modality"),
+            "split_file": str(cfg["split_file"]),
+            "split_sha256": _file_sha256(cfg["split_file"]),
+            "ft_overrides": json.dumps(settings["ft_overrides"], sort_keys=True) if mode == "ft" else "",
         }
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         if error is not None or result is None:
@@ -275,23 +320,33 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
     for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
         key = run_key(init, mode, shots, seed)
-        fingerprint = fingerprints[init]
-        if done.get(key) == fingerprint:
+        settings = run_settings(cfg, mode, fingerprints[init])
+        settings_sha = _digest(settings)
+        if (key, settings_sha) in done:
             status[key] = "skipped (finished)"
             continue
         run_dir = out / "runs" / key
-        run_dir.mkdir(parents=True, exist_ok=True)
         result_file = run_dir / "result.json"
-        error = None
         old = json.loads(result_file.read_text()) if result_file.is_file() else None
-        if old is not None and old.get("init_sha256") == fingerprint and not old.get("failed"):
+        if old is not None and old.get("settings_sha256") != settings_sha:
+            # a finished run of other settings (another dataset, split, FT setting...) keeps its files
+            aside = run_dir.with_name(f"{key}.{old.get('settings_sha256') or 'earlier'}")
+            if not aside.exists():
+                os.replace(run_dir, aside)
+                logger.info("%s: earlier run of other settings kept in %s", key, aside)
+            else:
+                shutil.rmtree(run_dir)  # the same earlier run is already kept there
+            old = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        error = None
+        if old is not None and not old.get("failed"):
             result = old
             status[key] = "logged (result.json existed)"
         else:
             logger.info("%s: running", key)
             try:
                 result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
-                result["init_sha256"] = fingerprint
+                result.update({"settings_sha256": settings_sha, **settings})
                 atomic_json(result_file, result)
                 status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
                 if result.get("failed"):  # test cases that could not be scored fail the run (kept in result.json)
@@ -304,9 +359,11 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 status[key] = f"failed: {error}"
                 logger.error("%s failed: %s", key, error)
-        _log_run(client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, fingerprint)
-    atomic_json(out / "sweep_status.json", {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status})
-    return {"tracking_uri": tracking_uri, "experiment": experiment, "runs": status}
+        _log_run(client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, settings)
+    data_sha = _digest(data_settings(cfg))
+    summary = {"tracking_uri": tracking_uri, "experiment": experiment, "data_settings_sha256": data_sha, "runs": status}
+    atomic_json(out / "sweep_status.json", summary)
+    return summary
 
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:
@@ -365,7 +422,9 @@ def sweep_and_report(
     if report:
         from components.fewshot.report import write_report
 
-        status["report"] = str(write_report(status["tracking_uri"], status["experiment"], output_dir))
+        status["report"] = str(
+            write_report(status["tracking_uri"], status["experiment"], output_dir, status["data_settings_sha256"])
+        )
         logger.info("MLflow runs: mlflow ui --backend-store-uri %s", status["tracking_uri"])
         logger.info("few-shot report: %s", status["report"])
     failed = {k: s for k, s in status["runs"].items() if s.startswith("failed")}

@@ -144,3 +144,80 @@ def test_sweep_redoes_runs_whose_initialisation_file_changed(
         order_by=["attributes.start_time DESC"],
     )
     assert len(runs) == 2 and runs[0].data.tags["init_sha256"] != first == runs[1].data.tags["init_sha256"]
+
+
+def test_two_datasets_in_one_store_are_run_and_reported_apart(
+    demo_data: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same run keys, another dataset (name, split, classes): run, not skipped; the report never mixes them."""
+    torch.set_num_threads(2)
+    a = dict(_config(demo_data, tmp_path, repo_root), seeds=[0], inits={"scratch": None})
+    split_b = tmp_path / "split_b.json"  # dataset B: ITK brain as support, other classes
+    split_b.write_text(
+        json.dumps(
+            {
+                "train": [{"image": str(demo_data / "itk_t1.nii.gz"), "label": str(demo_data / "itk_seg.nii.gz")}],
+                "test": [{"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}],
+            }
+        )
+    )
+    b = dict(a, dataset="dataset_B", split_file=str(split_b), classes={"cerebellum_cortex": [8, 47]})
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}"
+    calls: list[str] = []
+    real_run_one = sweep.run_one
+
+    def counted(cfg, init, mode, shots, seed, run_dir):
+        calls.append(cfg["dataset"])
+        return real_run_one(cfg, init, mode, shots, seed, run_dir)
+
+    monkeypatch.setattr(sweep, "run_one", counted)
+    status_a = sweep.run_sweep(a, out, tracking_uri=uri)
+    status_b = sweep.run_sweep(b, out, tracking_uri=uri)
+    assert calls == ["demo_brain_mri", "dataset_B"], calls
+    assert status_b["runs"]["scratch-ic-k1-s0"].startswith("done")
+    assert status_a["data_settings_sha256"] != status_b["data_settings_sha256"]
+    # A's run folder is kept beside B's, under A's settings hash
+    kept = [p for p in (out / "runs").iterdir() if p.name.startswith("scratch-ic-k1-s0.")]
+    assert len(kept) == 1 and json.loads((kept[0] / "result.json").read_text())["dice"].keys() == {
+        "lateral_ventricles",
+        "brain_stem",
+    }
+
+    text_b = write_report(uri, "fewshot_test", tmp_path / "rep_b", status_b["data_settings_sha256"]).read_text()
+    assert "Dataset `dataset_B`" in text_b and "demo_brain_mri" not in text_b and "lateral_ventricles" not in text_b
+    both = write_report(uri, "fewshot_test", tmp_path / "rep_all").read_text()
+    assert both.count("# Data setting ") == 2 and "Dataset `dataset_B`" in both and "Dataset `demo_brain_mri`" in both
+    assert len(list((tmp_path / "rep_all").glob("dice_vs_shots_*.png"))) == 2
+
+    calls.clear()  # each sweep again: both skipped
+    assert sweep.run_sweep(a, out, tracking_uri=uri)["runs"]["scratch-ic-k1-s0"].startswith("skipped")
+    assert sweep.run_sweep(b, out, tracking_uri=uri)["runs"]["scratch-ic-k1-s0"].startswith("skipped")
+    assert calls == []
+
+
+def test_a_changed_finetuning_setting_redoes_only_the_ft_runs(
+    demo_data: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = dict(_config(demo_data, tmp_path, repo_root), seeds=[0], modes=["ic", "ft"], inits={"scratch": None})
+    cfg["ft_overrides"] = {"epoch_length": 2}
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}"
+    calls: list[str] = []
+
+    def fake(cfg, init, mode, shots, seed, run_dir):  # the identity logic only: no training needed
+        calls.append(mode)
+        return {"dice": {}, "hd95": {}, "dice_mean": 0.5, "hd95_mean": 1.0, "n_cases": 1, "failed": {},
+                "excluded": {}, "cases": [], "seconds": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(sweep, "run_one", fake)
+    sweep.run_sweep(cfg, out, tracking_uri=uri)
+    assert sorted(calls) == ["ft", "ic"]
+    calls.clear()
+    status = sweep.run_sweep(dict(cfg, ft_overrides={"epoch_length": 3}), out, tracking_uri=uri)["runs"]
+    assert calls == ["ft"] and status["scratch-ic-k1-s0"].startswith("skipped")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("fewshot_test").experiment_id],
+        filter_string="tags.run_key = 'scratch-ft-k1-s0'",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert [json.loads(r.data.params["ft_overrides"]) for r in runs] == [{"epoch_length": 3}, {"epoch_length": 2}]
