@@ -2,7 +2,8 @@
 
 The main table has the shape of the paper's Table 1: one row per initialisation x mode
 (``scratch / IC``, ``pretrained / FT`` ...), one column per number of shots, cells
-``mean ± std`` of the class-mean Dice over seeds (in %, ``n`` seeds in brackets when < all).
+``mean ± std`` of the class-mean Dice over seeds (in %; sample std, ddof=1; ``n`` seeds in brackets
+when < all, and no ± for one seed).
 Below it: the same for HD95 (mm), a per-class Dice table, excluded (absent) classes, failed runs.
 The PNG plots mean Dice against shots with ± std error bars, one line per row.
 
@@ -77,6 +78,7 @@ def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[di
             "tags": dict(r.data.tags),
             "status": r.info.status,
             "run_id": r.info.run_id,
+            "experiment_id": r.info.experiment_id,
         }
         for r in runs
     ]
@@ -86,7 +88,8 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return float("nan"), float("nan"), 0
-    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")  # sample std, as pandas
+    return float(np.mean(vals)), std, len(vals)
 
 
 def aggregate(runs: list[dict[str, Any]], metric: str = "dice_mean") -> dict[tuple[str, str], dict[int, tuple]]:
@@ -106,6 +109,8 @@ def _cell(stat: tuple[float, float, int] | None, scale: float, n_all: int, digit
     if stat is None or stat[2] == 0:
         return "–"
     mean, std, n = stat
+    if n == 1:  # one value: no spread to show
+        return f"{mean * scale:.{digits}f} (n=1)"
     text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
     return text if n >= n_all else f"{text} (n={n})"
 
@@ -135,11 +140,11 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
         f"{meta.get('roi_size', '?')}, split `{meta.get('split_file', '?')}` (sha256 {meta.get('split_sha256', '?')}). "
         f"Seeds: {seeds}. {len(finished)} finished runs read from MLflow `{tracking_uri}`.",
         "",
-        "## Dice (%), class mean, mean ± std over seeds",
+        "## Dice (%), class mean, mean ± sample std (ddof=1) over seeds",
         "",
     ]
     out += _table(aggregate(runs, "dice_mean"), shots, 100.0, len(seeds), "init / mode")
-    out += ["", "## HD95 (mm), class mean, mean ± std over seeds", ""]
+    out += ["", "## HD95 (mm), class mean, mean ± sample std (ddof=1) over seeds", ""]
     out += _table(aggregate(runs, "hd95_mean"), shots, 1.0, len(seeds), "init / mode")
     for s in shots:
         out += ["", f"## Dice (%) per class, {s}-shot", ""]
@@ -164,7 +169,15 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
         ]
     if png_name:
         out += ["", f"![Dice vs shots]({png_name})"]
-    out += ["", f"Open the runs: `mlflow ui --backend-store-uri {tracking_uri}`", ""]
+    exp_id = runs[0].get("experiment_id", "<id>") if runs else "<id>"
+    out += [
+        "",
+        f"Open the runs: `mlflow ui --backend-store-uri {tracking_uri}`, then "
+        f"<http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning> (the runs table, not the "
+        "GenAI traces page). Columns to show: params `init`, `mode`, `shots`, `seed`, `dataset`; metrics "
+        "`dice_mean`, `hd95_mean`, `seconds`. Filter numerically with `metrics.shots >= 5`.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -177,6 +177,30 @@ def run_settings(cfg: Mapping[str, Any], mode: str, init_sha256: str) -> dict[st
     }
 
 
+def _bundle_version(cfg: Mapping[str, Any]) -> str:
+    meta = Path(cfg.get("bundle_dir") or Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot")
+    try:
+        return str(json.loads((meta / "configs" / "metadata.json").read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
 def _finished_keys(client: Any, exp_id: str) -> set[tuple[str, str]]:
     """``{(run_key, settings_sha256)}`` of every FINISHED run (one store may hold several settings)."""
     runs = client.search_runs(
@@ -243,8 +267,12 @@ def _log_run(
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags  # user, source, git commit, as mlflow.start_run
 
+    seconds = float((result or {}).get("seconds") or 0.0)
+    end_ms = int(time.time() * 1000)
     tags = resolve_tags(
         {
+            "bundle_version": _bundle_version(cfg),
+            "git_commit": _git_commit(),
             "run_key": key,
             "stage": "mass_fewshot",
             "init_sha256": settings["init_sha256"],
@@ -252,7 +280,8 @@ def _log_run(
             "settings_sha256": _digest(settings),
         }
     )
-    run_id = client.create_run(exp_id, run_name=key, tags=tags).info.run_id
+    # the run spans the work it records (a resumed result keeps its measured duration)
+    run_id = client.create_run(exp_id, start_time=end_ms - int(seconds * 1000), run_name=key, tags=tags).info.run_id
     try:
         params = {
             "mode": mode,
@@ -281,6 +310,9 @@ def _log_run(
             "n_test": result["n_cases"],
             "n_failed": len(result["failed"]),
             "n_excluded": sum(len(v) for v in result["excluded"].values()),
+            "shots": float(shots),  # numeric twins of the params: filter with metrics.shots >= 5
+            "seed": float(seed),
+            "seconds": seconds,
         }
         for name, v in result["dice"].items():
             metrics[f"dice_{name}"] = v
@@ -294,7 +326,7 @@ def _log_run(
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end_ms)
     logger.info("%s: run %s logged", key, run_id)
 
 

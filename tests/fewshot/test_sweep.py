@@ -89,6 +89,16 @@ def test_sweep_resumes_and_report_reads_mlflow(
     for r in done:
         assert {"mode", "shots", "seed", "init", "dataset", "preset"} <= set(r.data.params)
         assert {"dice_mean", "hd95_mean", "dice_lateral_ventricles", "hd95_brain_stem"} <= set(r.data.metrics)
+    for r in done:  # the run spans its work; shots and seed filter numerically; code and bundle version tagged
+        seconds = json.loads((out / "runs" / r.data.tags["run_key"] / "result.json").read_text())["seconds"]
+        duration = (r.info.end_time - r.info.start_time) / 1000
+        assert seconds > 0 and abs(duration - seconds) <= 0.2 * seconds, (duration, seconds)
+        assert r.data.metrics["seconds"] == pytest.approx(seconds) and r.data.tags["bundle_version"] != "unknown"
+        assert "git_commit" in r.data.tags
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name("fewshot_test").experiment_id
+    assert len(client.search_runs([exp_id], filter_string="metrics.shots >= 1 and metrics.seed = 1")) == 1
+    assert client.search_runs([exp_id], filter_string="metrics.shots >= 5") == []
     failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get("run_key") == "pretrained-ic-k1-s0"]
     assert failed and "no_such_model.pt" in failed[0].data.tags["error"]
     # MlflowClient only: nothing process-wide is set, artifacts lie beside the SQLite store
@@ -107,6 +117,7 @@ def test_sweep_resumes_and_report_reads_mlflow(
     assert "±" in row and "(n=" not in row  # both seeds present
     assert "pretrained-ic-k1-s0" in text and "no_such_model.pt" in text  # failures listed
     assert "mlflow ui --backend-store-uri sqlite:///" in text
+    assert f"#/experiments/{exp_id}?workflowType=machine_learning" in text  # the runs table, not GenAI traces
 
 
 def test_sweep_redoes_runs_whose_initialisation_file_changed(
