@@ -65,12 +65,13 @@ def tracking_client(tracking_uri: str, must_exist: bool = False) -> Any:
 
 
 def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[dict[str, Any]]:
-    """Every run of ``experiment`` as ``{"params", "metrics", "tags", "status"}`` (MLflow client API)."""
+    """Every sweep run of ``experiment`` (tag ``run_key``; not the sweep-level parents) as
+    ``{"params", "metrics", "tags", "status", "run_id", "experiment_id"}`` (MLflow client API)."""
     client = tracking_client(tracking_uri, must_exist=True)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise OptionError("experiment", f"{tracking_uri}: no MLflow experiment named {experiment!r}")
-    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000) if r.data.tags.get("run_key")]
     return [
         {
             "params": dict(r.data.params),

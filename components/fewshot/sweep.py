@@ -177,6 +177,54 @@ def run_settings(cfg: Mapping[str, Any], mode: str, init_sha256: str) -> dict[st
     }
 
 
+def _log_outputs(client: Any, run_id: str, run_dir: Path, max_mb: float) -> list[str]:
+    """Log the run's model (FT ``models/model.pt``), task embedding (IC ``task.pt``) and predicted label
+    maps (``pred/``) as artifacts, each file only while the run's total stays within ``max_mb``
+    (0: none); returns the names left out."""
+    files = [run_dir / "models" / "model.pt", run_dir / "task.pt", *sorted((run_dir / "pred").glob("*.nii*"))]
+    budget, skipped = max_mb * 1e6, []
+    for f in (f for f in files if f.is_file()):
+        size = f.stat().st_size
+        if size > budget:
+            skipped.append(f.name)
+            continue
+        budget -= size
+        client.log_artifact(run_id, str(f), artifact_path=f.parent.name if f.parent != run_dir else None)
+    return skipped
+
+
+def _start_parent(client: Any, exp_id: str, cfg: Mapping[str, Any]) -> str:
+    """The sweep-level run: the sweep's settings as params; its children are the runs it does."""
+    from mlflow.entities import Param
+    from mlflow.tracking.context.registry import resolve_tags
+
+    data_sha = _digest(data_settings(cfg))
+    tags = resolve_tags(
+        {
+            "stage": "mass_fewshot_sweep",
+            "data_settings_sha256": data_sha,
+            "bundle_version": _bundle_version(cfg),
+            "git_commit": _git_commit(),
+        }
+    )
+    run_id = client.create_run(exp_id, run_name=f"sweep-{cfg['dataset']}-{data_sha[:8]}", tags=tags).info.run_id
+    params = {
+        "dataset": cfg["dataset"],
+        "classes": ",".join(c.name for c in parse_classes(cfg["classes"])),
+        "split_file": str(cfg["split_file"]),
+        "preset": cfg["preset"],
+        "spacing": cfg["spacing"],
+        "roi_size": cfg["roi_size"],
+        "shots": list(cfg["shots"]),
+        "seeds": list(cfg["seeds"]),
+        "modes": list(cfg["modes"]),
+        "inits": ",".join(cfg["inits"]),
+        "ft_overrides": json.dumps(dict(cfg.get("ft_overrides") or {}), sort_keys=True),
+    }
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run_id
+
+
 def _bundle_version(cfg: Mapping[str, Any]) -> str:
     meta = Path(cfg.get("bundle_dir") or Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot")
     try:
@@ -262,6 +310,7 @@ def _log_run(
     error: str | None,
     run_dir: Path,
     settings: Mapping[str, Any],
+    parent_run_id: str | None = None,
 ) -> None:
     """One MLflow run for ``key``: params, tags, metrics and ``result.json``; FAILED with the error if any."""
     from mlflow.entities import Metric, Param, RunStatus
@@ -278,6 +327,7 @@ def _log_run(
             "init_sha256": settings["init_sha256"],
             "data_settings_sha256": settings["data_settings_sha256"],
             "settings_sha256": _digest(settings),
+            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
         }
     )
     # the run spans the work it records (a resumed result keeps its measured duration)
@@ -323,6 +373,9 @@ def _log_run(
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()])
         client.set_tag(run_id, "excluded", json.dumps(result["excluded"]))
         client.log_artifact(run_id, str(run_dir / "result.json"))
+        skipped = _log_outputs(client, run_id, run_dir, float(cfg.get("artifact_max_mb", 50.0)))
+        if skipped:
+            client.set_tag(run_id, "artifacts_skipped", ", ".join(skipped)[:4000])
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -347,53 +400,69 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
 def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
     experiment = cfg.get("experiment", EXPERIMENT)
     exp_id = _experiment_id(client, experiment, tracking_uri)
+    from mlflow.entities import RunStatus
+
     done = _finished_keys(client, exp_id)
+    parent = _start_parent(client, exp_id, cfg)
     status: dict[str, str] = {}
-    fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
-    for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
-        key = run_key(init, mode, shots, seed)
-        settings = run_settings(cfg, mode, fingerprints[init])
-        settings_sha = _digest(settings)
-        if (key, settings_sha) in done:
-            status[key] = "skipped (finished)"
-            continue
-        run_dir = out / "runs" / key
-        result_file = run_dir / "result.json"
-        old = json.loads(result_file.read_text()) if result_file.is_file() else None
-        if old is not None and old.get("settings_sha256") != settings_sha:
-            # a finished run of other settings (another dataset, split, FT setting...) keeps its files
-            aside = run_dir.with_name(f"{key}.{old.get('settings_sha256') or 'earlier'}")
-            if not aside.exists():
-                os.replace(run_dir, aside)
-                logger.info("%s: earlier run of other settings kept in %s", key, aside)
+    try:
+        fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
+        for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
+            key = run_key(init, mode, shots, seed)
+            settings = run_settings(cfg, mode, fingerprints[init])
+            settings_sha = _digest(settings)
+            if (key, settings_sha) in done:
+                status[key] = "skipped (finished)"
+                continue
+            run_dir = out / "runs" / key
+            result_file = run_dir / "result.json"
+            old = json.loads(result_file.read_text()) if result_file.is_file() else None
+            if old is not None and old.get("settings_sha256") != settings_sha:
+                # a finished run of other settings (another dataset, split, FT setting...) keeps its files
+                aside = run_dir.with_name(f"{key}.{old.get('settings_sha256') or 'earlier'}")
+                if not aside.exists():
+                    os.replace(run_dir, aside)
+                    logger.info("%s: earlier run of other settings kept in %s", key, aside)
+                else:
+                    shutil.rmtree(run_dir)  # the same earlier run is already kept there
+                old = None
+            run_dir.mkdir(parents=True, exist_ok=True)
+            error = None
+            if old is not None and not old.get("failed"):
+                result = old
+                status[key] = "logged (result.json existed)"
             else:
-                shutil.rmtree(run_dir)  # the same earlier run is already kept there
-            old = None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        error = None
-        if old is not None and not old.get("failed"):
-            result = old
-            status[key] = "logged (result.json existed)"
-        else:
-            logger.info("%s: running", key)
-            try:
-                result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
-                result.update({"settings_sha256": settings_sha, **settings})
-                atomic_json(result_file, result)
-                status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
-                if result.get("failed"):  # test cases that could not be scored fail the run (kept in result.json)
-                    image, reason = next(iter(result["failed"].items()))
-                    error = f"{len(result['failed'])} test case(s) failed, first: {reason}"
+                logger.info("%s: running", key)
+                try:
+                    result = run_one(cfg, init, mode, int(shots), int(seed), run_dir)
+                    result.update({"settings_sha256": settings_sha, **settings})
+                    atomic_json(result_file, result)
+                    status[key] = f"done ({result['seconds']} s, mean Dice {result['dice_mean']:.3f})"
+                    if result.get("failed"):  # test cases that could not be scored fail the run (kept in result.json)
+                        image, reason = next(iter(result["failed"].items()))
+                        error = f"{len(result['failed'])} test case(s) failed, first: {reason}"
+                        status[key] = f"failed: {error}"
+                        logger.error("%s failed: %s", key, error)
+                except Exception as exc:  # one failing run never stops the sweep
+                    result, error = None, error_message(exc)  # the file, not MONAI's transform wrapper
+                    (run_dir / "error.txt").write_text(traceback.format_exc())
                     status[key] = f"failed: {error}"
                     logger.error("%s failed: %s", key, error)
-            except Exception as exc:  # one failing run never stops the sweep
-                result, error = None, error_message(exc)  # the file, not MONAI's transform wrapper
-                (run_dir / "error.txt").write_text(traceback.format_exc())
-                status[key] = f"failed: {error}"
-                logger.error("%s failed: %s", key, error)
-        _log_run(client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, settings)
+            _log_run(
+                client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, settings, parent
+            )
+    except BaseException:
+        client.set_terminated(parent, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
     data_sha = _digest(data_settings(cfg))
-    summary = {"tracking_uri": tracking_uri, "experiment": experiment, "data_settings_sha256": data_sha, "runs": status}
+    summary = {
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "data_settings_sha256": data_sha,
+        "parent_run_id": parent,
+        "runs": status,
+    }
     atomic_json(out / "sweep_status.json", summary)
     return summary
 
@@ -454,9 +523,11 @@ def sweep_and_report(
     if report:
         from components.fewshot.report import write_report
 
-        status["report"] = str(
-            write_report(status["tracking_uri"], status["experiment"], output_dir, status["data_settings_sha256"])
-        )
+        md = write_report(status["tracking_uri"], status["experiment"], output_dir, status["data_settings_sha256"])
+        status["report"] = str(md)
+        client = tracking_client(status["tracking_uri"])
+        for f in (md, *sorted(md.parent.glob("dice_vs_shots*.png"))):  # on the sweep-level run
+            client.log_artifact(status["parent_run_id"], str(f))
         logger.info("MLflow runs: mlflow ui --backend-store-uri %s", status["tracking_uri"])
         logger.info("few-shot report: %s", status["report"])
     failed = {k: s for k, s in status["runs"].items() if s.startswith("failed")}

@@ -84,6 +84,9 @@ def test_sweep_resumes_and_report_reads_mlflow(
     runs = mlflow.MlflowClient(tracking_uri=uri).search_runs(
         [mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("fewshot_test").experiment_id]
     )
+    parents = [r for r in runs if r.data.tags.get("stage") == "mass_fewshot_sweep"]
+    assert [r.info.status for r in parents] == ["FINISHED", "KILLED"]  # newest first: the killed sweep's parent
+    runs = [r for r in runs if "run_key" in r.data.tags]
     done = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["run_key"] for r in done) == ["scratch-ic-k1-s0", "scratch-ic-k1-s1"]
     for r in done:
@@ -232,3 +235,30 @@ def test_a_changed_finetuning_setting_redoes_only_the_ft_runs(
         order_by=["attributes.start_time DESC"],
     )
     assert [json.loads(r.data.params["ft_overrides"]) for r in runs] == [{"epoch_length": 3}, {"epoch_length": 2}]
+
+
+def test_sweep_level_run_holds_the_report_and_each_run_its_outputs(
+    demo_data: Path, tmp_path: Path, repo_root: Path
+) -> None:
+    """Through the MLflow API: the parent run's report artifact, a child run's task embedding and predictions."""
+    torch.set_num_threads(2)
+    cfg = dict(_config(demo_data, tmp_path, repo_root), seeds=[0], inits={"scratch": None})
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}"
+    status = sweep.sweep_and_report(cfg, out, tracking_uri=uri, preset_from_checkpoint=False)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(status["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["dataset"] == "demo_brain_mri"
+    report = Path(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path / "dl"))).read_text()
+    assert "| scratch / IC |" in report and "(n=1)" in report and "± 0.0" not in report
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"report.md", "dice_vs_shots.png"}
+    exp_id = parent.info.experiment_id
+    (child,) = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"result.json", "task.pt", "pred"} <= names, names
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "pred")] == ["pred/mni152_t1_fewshot.nii.gz"]
+
+    small = dict(cfg, artifact_max_mb=0.001, dataset="same_data_other_name")  # the size limit leaves files out
+    status = sweep.sweep_and_report(small, tmp_path / "sweep2", tracking_uri=uri, preset_from_checkpoint=False)
+    (child,) = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{status['parent_run_id']}'")
+    assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"result.json"}
+    assert "task.pt" in child.data.tags["artifacts_skipped"]
