@@ -124,7 +124,12 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
             **overrides,
         )
         wf.initialize()
-        wf.run()
+        child = _track_finetuning(wf, cfg.get("_tracking"), run_key(init, mode, shots, seed), overrides)
+        try:
+            wf.run()
+        finally:
+            if child is not None:
+                child.close()  # FINISHED (also after a failure: its curve up to there is kept)
         wf.finalize()
         predictor = _fixed_class_predictor(cfg["preset"], len(classes), run_dir / "models" / "model.pt", device)
     else:
@@ -132,6 +137,46 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
     result = evaluate(predictor, split["test"], classes, device=device, save_dir=run_dir / "pred", **common)
     result.update({"seconds": round(time.time() - t0, 1), "support": [s["image"] for s in support]})
     return result
+
+
+def _track_finetuning(wf: Any, tracking: Mapping[str, Any] | None, key: str, overrides: Mapping[str, Any]) -> Any:
+    """Log a sweep's FT training as a child MLflow run of the sweep-level run (MONAI ``MLFlowHandler``):
+    loss per iteration, lr and validation Dice per epoch, the FT settings as params. ``None`` without
+    ``tracking`` (``{"tracking_uri", "experiment", "parent_run_id"}``, set by the sweep)."""
+    if not tracking:
+        return None
+    import uuid
+
+    from monai.handlers import MLFlowHandler, from_engine
+
+    from components.fewshot.report import tracking_client
+
+    p = wf.parser
+    trainer, evaluator = p.get_parsed_content("train#trainer"), p.get_parsed_content("validate#evaluator")
+    name = f"{key}-finetuning-{uuid.uuid4().hex[:8]}"
+    client = tracking_client(tracking["tracking_uri"])
+    exp_id = client.get_experiment_by_name(tracking["experiment"]).experiment_id
+    tags = {"mlflow.parentRunId": tracking["parent_run_id"], "stage": "mass_fewshot_ft", "ft_of": key}
+    client.create_run(exp_id, run_name=name, tags=tags)  # MLFlowHandler continues the active run of this name
+    settings = {
+        "learning_rate": p.get_parsed_content("learning_rate"),
+        "max_epochs": trainer.state.max_epochs,
+        "epoch_length": trainer.state.epoch_length,
+        "batch_size": p.get_parsed_content("batch_size"),
+        "ema_decay": p.get_parsed_content("ema_decay"),
+        "ft_overrides": json.dumps({k: v for k, v in overrides.items() if k not in _FT_FIXED}, default=str),
+    }
+    common = dict(tracking_uri=tracking["tracking_uri"], experiment_name=tracking["experiment"], run_name=name)
+    train_log = MLFlowHandler(
+        **common, output_transform=from_engine(["loss"], first=True), experiment_param=settings, epoch_log=True
+    )
+    train_log.attach(trainer)
+    val_log = MLFlowHandler(**common, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch)
+    val_log.attach(evaluator)
+    return train_log
+
+
+_FT_FIXED = ("bundle_root", "split_file", "classes", "output_dir", "ckpt_dir")  # logged elsewhere or paths
 
 
 def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
@@ -405,6 +450,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     done = _finished_keys(client, exp_id)
     parent = _start_parent(client, exp_id, cfg)
     status: dict[str, str] = {}
+    cfg = {**cfg, "_tracking": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
     try:
         fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
         for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):

@@ -262,3 +262,28 @@ def test_sweep_level_run_holds_the_report_and_each_run_its_outputs(
     (child,) = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{status['parent_run_id']}'")
     assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"result.json"}
     assert "task.pt" in child.data.tags["artifacts_skipped"]
+
+
+def test_finetuning_inside_the_sweep_is_a_child_run_with_its_curve(
+    demo_data: Path, tmp_path: Path, repo_root: Path
+) -> None:
+    torch.set_num_threads(2)
+    cfg = dict(_config(demo_data, tmp_path, repo_root), seeds=[0], modes=["ft"], inits={"scratch": None})
+    cfg.update(spacing=[4.0] * 3, roi_size=[48] * 3)
+    cfg["ft_overrides"] = {"epoch_length": 2, "train#trainer#max_epochs": 2, "patch_size": [32] * 3, "batch_size": 1}
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}"
+    status = sweep.run_sweep(cfg, out, tracking_uri=uri)
+    assert status["runs"]["scratch-ft-k1-s0"].startswith("done"), status
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name("fewshot_test").experiment_id
+    (ft,) = client.search_runs([exp_id], filter_string="tags.stage = 'mass_fewshot_ft'")
+    assert ft.data.tags["mlflow.parentRunId"] == status["parent_run_id"] and ft.data.tags["ft_of"] == "scratch-ft-k1-s0"
+    assert ft.info.status == "FINISHED"
+    assert (
+        ft.data.params["learning_rate"] == "0.0005" and json.loads(ft.data.params["ft_overrides"])["epoch_length"] == 2
+    )
+    loss = client.get_metric_history(ft.info.run_id, "Loss")
+    assert len(loss) == 4  # 2 epochs x 2 iterations
+    val = client.get_metric_history(ft.info.run_id, "val_mean_dice")
+    assert sorted(m.step for m in val) == [1, 2] and all(0.0 <= m.value <= 1.0 for m in val)
+    assert client.get_metric_history(ft.info.run_id, "lr_group_0")  # the learning rate, as MONAI names it
