@@ -139,6 +139,9 @@ def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int,
     return result
 
 
+_FT_FIXED = ("bundle_root", "split_file", "classes", "output_dir", "ckpt_dir")  # logged elsewhere or paths
+
+
 def _track_finetuning(wf: Any, tracking: Mapping[str, Any] | None, key: str, overrides: Mapping[str, Any]) -> Any:
     """Log a sweep's FT training as a child MLflow run of the sweep-level run (MONAI ``MLFlowHandler``):
     loss per iteration, lr and validation Dice per epoch, the FT settings as params. ``None`` without
@@ -176,9 +179,6 @@ def _track_finetuning(wf: Any, tracking: Mapping[str, Any] | None, key: str, ove
     return train_log
 
 
-_FT_FIXED = ("bundle_root", "split_file", "classes", "output_dir", "ckpt_dir")  # logged elsewhere or paths
-
-
 def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
     """SHA-256 (16 hex digits) of the initialisation's checkpoint file; ``"none"`` for scratch or a missing file."""
     path = cfg["inits"].get(init)
@@ -212,11 +212,11 @@ def data_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_settings(cfg: Mapping[str, Any], mode: str, init_sha256: str) -> dict[str, Any]:
-    """Everything that changes one run's result besides its key: the data settings, the initialisation
-    file's hash and, for finetuning, the finetuning overrides."""
+def run_settings(cfg: Mapping[str, Any], mode: str, init_sha256: str, data_sha256: str) -> dict[str, Any]:
+    """Everything that changes one run's result besides its key: the data settings (their digest), the
+    initialisation file's hash and, for finetuning, the finetuning overrides."""
     return {
-        "data_settings_sha256": _digest(data_settings(cfg)),
+        "data_settings_sha256": data_sha256,
         "init_sha256": init_sha256,
         "ft_overrides": dict(cfg.get("ft_overrides") or {}) if mode == "ft" else {},
     }
@@ -238,20 +238,12 @@ def _log_outputs(client: Any, run_id: str, run_dir: Path, max_mb: float) -> list
     return skipped
 
 
-def _start_parent(client: Any, exp_id: str, cfg: Mapping[str, Any]) -> str:
+def _start_parent(client: Any, exp_id: str, cfg: Mapping[str, Any], code_tags: Mapping[str, str], data_sha: str) -> str:
     """The sweep-level run: the sweep's settings as params; its children are the runs it does."""
     from mlflow.entities import Param
     from mlflow.tracking.context.registry import resolve_tags
 
-    data_sha = _digest(data_settings(cfg))
-    tags = resolve_tags(
-        {
-            "stage": "mass_fewshot_sweep",
-            "data_settings_sha256": data_sha,
-            "bundle_version": _bundle_version(cfg),
-            "git_commit": _git_commit(),
-        }
-    )
+    tags = resolve_tags({"stage": "mass_fewshot_sweep", "data_settings_sha256": data_sha, **code_tags})
     run_id = client.create_run(exp_id, run_name=f"sweep-{cfg['dataset']}-{data_sha[:8]}", tags=tags).info.run_id
     params = {
         "dataset": cfg["dataset"],
@@ -355,9 +347,13 @@ def _log_run(
     error: str | None,
     run_dir: Path,
     settings: Mapping[str, Any],
-    parent_run_id: str | None = None,
+    sweep_tags: Mapping[str, str] | None = None,
+    split_sha256: str = "",
 ) -> None:
-    """One MLflow run for ``key``: params, tags, metrics and ``result.json``; FAILED with the error if any."""
+    """One MLflow run for ``key``: params, tags, metrics and ``result.json``; FAILED with the error if any.
+
+    ``sweep_tags``: tags shared by every run of the sweep (code version, parent run), computed once.
+    """
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags  # user, source, git commit, as mlflow.start_run
 
@@ -365,14 +361,12 @@ def _log_run(
     end_ms = int(time.time() * 1000)
     tags = resolve_tags(
         {
-            "bundle_version": _bundle_version(cfg),
-            "git_commit": _git_commit(),
+            **(sweep_tags or {}),
             "run_key": key,
             "stage": "mass_fewshot",
             "init_sha256": settings["init_sha256"],
             "data_settings_sha256": settings["data_settings_sha256"],
             "settings_sha256": _digest(settings),
-            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
         }
     )
     # the run spans the work it records (a resumed result keeps its measured duration)
@@ -391,7 +385,7 @@ def _log_run(
             "init_checkpoint": str(cfg["inits"].get(init) or ""),
             "modality": cfg.get("modality"),
             "split_file": str(cfg["split_file"]),
-            "split_sha256": _file_sha256(cfg["split_file"]),
+            "split_sha256": split_sha256,
             "ft_overrides": json.dumps(settings["ft_overrides"], sort_keys=True) if mode == "ft" else "",
         }
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -443,19 +437,23 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
 
 
 def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
-    experiment = cfg.get("experiment", EXPERIMENT)
-    exp_id = _experiment_id(client, experiment, tracking_uri)
     from mlflow.entities import RunStatus
 
+    experiment = cfg.get("experiment", EXPERIMENT)
+    exp_id = _experiment_id(client, experiment, tracking_uri)
     done = _finished_keys(client, exp_id)
-    parent = _start_parent(client, exp_id, cfg)
+    data = data_settings(cfg)  # the split file is hashed once per sweep, not per run
+    data_sha = _digest(data)
+    code_tags = {"bundle_version": _bundle_version(cfg), "git_commit": _git_commit()}
+    parent = _start_parent(client, exp_id, cfg, code_tags, data_sha)
+    sweep_tags = {**code_tags, "mlflow.parentRunId": parent}
     status: dict[str, str] = {}
     cfg = {**cfg, "_tracking": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
     try:
         fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
         for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
             key = run_key(init, mode, shots, seed)
-            settings = run_settings(cfg, mode, fingerprints[init])
+            settings = run_settings(cfg, mode, fingerprints[init], data_sha)
             settings_sha = _digest(settings)
             if (key, settings_sha) in done:
                 status[key] = "skipped (finished)"
@@ -495,13 +493,25 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                     status[key] = f"failed: {error}"
                     logger.error("%s failed: %s", key, error)
             _log_run(
-                client, exp_id, cfg, key, init, mode, int(shots), int(seed), result, error, run_dir, settings, parent
+                client,
+                exp_id,
+                cfg,
+                key,
+                init,
+                mode,
+                int(shots),
+                int(seed),
+                result,
+                error,
+                run_dir,
+                settings,
+                sweep_tags,
+                data["split_sha256"],
             )
     except BaseException:
         client.set_terminated(parent, RunStatus.to_string(RunStatus.KILLED))
         raise
     client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
-    data_sha = _digest(data_settings(cfg))
     summary = {
         "tracking_uri": tracking_uri,
         "experiment": experiment,
