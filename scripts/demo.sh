@@ -35,13 +35,15 @@ run_bundle mass_fewshot sweep.json --dataset_dir "$DEMO" --output_dir "$OUT/fews
   --pretrained "$OUT/pretrain/models/model.pt"
 
 stage "4/4 mass_probe: frozen-encoder proxy classification, pretrained vs scratch -> $OUT/probe"
-# several bundle runs (pretrained-frozen, random-frozen, scratch; two data fractions) on the proxy task
-$PY scripts/probe_demo.py demo --pretrained "$OUT/pretrain/models/model.pt" --out_dir "$OUT/probe" \
-  --spacing 3.0 --fractions 0.3,1.0
+# the proxy task (crops of the labelled demo brains), then the bundle's sweep: pretrained-frozen,
+# random-frozen and scratch at two data fractions, logged to MLflow, report with AUC per class
+$PY scripts/probe_demo.py --out_dir "$OUT/probe/task" --spacing 3.0
+run_bundle mass_probe sweep.json --dataset_dir "$OUT/probe/task" --output_dir "$OUT/probe" \
+  --pretrained "$OUT/pretrain/models/model.pt"
 
 stage "done"
 echo "Masks:            $OUT/masks (summary.json)"
 echo "Pretrained model: $OUT/pretrain/models/model.pt"
 echo "Few-shot report:  $OUT/fewshot/report.md"
-echo "Probe results:    $OUT/probe/results.json"
-echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$OUT/fewshot/mlruns.db}"
+echo "Probe report:     $OUT/probe/report.md"
+echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$OUT/fewshot/mlruns.db} (probe: sqlite:///$OUT/probe/mlruns.db)"

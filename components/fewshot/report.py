@@ -21,106 +21,36 @@ Command line::
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from components.io.atomic import atomic_write
-from components.io.errors import OptionError
+from components.tracking.report import write_sections
+from components.tracking.runs import latest_finished
+from components.tracking.stats import cell, mean_std
 
-__all__ = [
-    "tracking_client",
-    "collect_runs",
-    "aggregate",
-    "render_markdown",
-    "plot_dice_vs_shots",
-    "group_by_settings",
-    "write_report",
-]
+__all__ = ["aggregate", "render_markdown", "plot_dice_vs_shots", "write_report"]
 
 MODE_NAMES = {"ic": "IC", "ft": "FT"}
 
 
-def tracking_client(tracking_uri: str, must_exist: bool = False) -> Any:
-    """An ``MlflowClient`` on ``tracking_uri`` that has been read once; :class:`OptionError` naming the
-    store if it cannot be (corrupt, truncated, unknown schema) or, with ``must_exist``, if a SQLite
-    store file is missing (MLflow would create an empty one)."""
-    import mlflow
-
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        if must_exist and not db.is_file():
-            raise OptionError("tracking_uri", f"{db}: no MLflow store there")
-    try:
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        client.search_experiments(max_results=1)
-    except Exception as e:  # SQLAlchemy / MLflow errors of an unusable store
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise OptionError("tracking_uri", f"{tracking_uri}: MLflow store cannot be read ({first[:200]})") from None
-    return client
-
-
-def collect_runs(tracking_uri: str, experiment: str = "mass_fewshot") -> list[dict[str, Any]]:
-    """Every sweep run of ``experiment`` (tag ``run_key``; not the sweep-level parents) as
-    ``{"params", "metrics", "tags", "status", "run_id", "experiment_id"}`` (MLflow client API)."""
-    client = tracking_client(tracking_uri, must_exist=True)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise OptionError("experiment", f"{tracking_uri}: no MLflow experiment named {experiment!r}")
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000) if r.data.tags.get("run_key")]
-    return [
-        {
-            "params": dict(r.data.params),
-            "metrics": dict(r.data.metrics),
-            "tags": dict(r.data.tags),
-            "status": r.info.status,
-            "run_id": r.info.run_id,
-            "experiment_id": r.info.experiment_id,
-        }
-        for r in runs
-    ]
-
-
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")  # sample std, as pandas
-    return float(np.mean(vals)), std, len(vals)
-
-
 def aggregate(runs: list[dict[str, Any]], metric: str = "dice_mean") -> dict[tuple[str, str], dict[int, tuple]]:
     """``{(init, mode): {shots: (mean, std, n_seeds)}}`` over FINISHED runs (latest per run key)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        if r["status"] == "FINISHED" and r["tags"].get("run_key"):
-            latest.setdefault(r["tags"]["run_key"], r)  # search_runs returns newest first
+    latest = latest_finished(runs)
     groups: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in latest.values():
         p = r["params"]
         groups[(p["init"], p["mode"])][int(p["shots"])].append(r["metrics"].get(metric, float("nan")))
-    return {k: {s: _stats(v) for s, v in sorted(d.items())} for k, d in sorted(groups.items())}
-
-
-def _cell(stat: tuple[float, float, int] | None, scale: float, n_all: int, digits: int = 1) -> str:
-    if stat is None or stat[2] == 0:
-        return "–"
-    mean, std, n = stat
-    if n == 1:  # one value: no spread to show
-        return f"{mean * scale:.{digits}f} (n=1)"
-    text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-    return text if n >= n_all else f"{text} (n={n})"
+    return {k: {s: mean_std(v) for s, v in sorted(d.items())} for k, d in sorted(groups.items())}
 
 
 def _table(agg: dict, shots: list[int], scale: float, n_all: int, header: str) -> list[str]:
     lines = [f"| {header} | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|" + "---|" * len(shots)]
     for (init, mode), by_shot in agg.items():
         row = f"{init} / {MODE_NAMES.get(mode, mode)}"
-        lines.append(f"| {row} | " + " | ".join(_cell(by_shot.get(s), scale, n_all) for s in shots) + " |")
+        lines.append(f"| {row} | " + " | ".join(cell(by_shot.get(s), scale, n_all) for s in shots) + " |")
     return lines
 
 
@@ -153,7 +83,7 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
         per_class = {c: aggregate(runs, f"dice_{c}") for c in classes}
         rows = sorted({k for agg in per_class.values() for k in agg})
         for init, mode in rows:
-            cells = [_cell(per_class[c].get((init, mode), {}).get(s), 100.0, len(seeds)) for c in classes]
+            cells = [cell(per_class[c].get((init, mode), {}).get(s), 100.0, len(seeds)) for c in classes]
             out.append(f"| {init} / {MODE_NAMES.get(mode, mode)} | " + " | ".join(cells) + " |")
     excluded: dict[str, set[str]] = {}
     for r in finished:
@@ -182,8 +112,22 @@ def render_markdown(runs: list[dict[str, Any]], experiment: str, tracking_uri: s
     return "\n".join(out)
 
 
+def _plot_title(runs: list[dict[str, Any]]) -> str:
+    """Dataset, classes, seeds and what the error bars are, for the plot's title."""
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    meta = finished[0]["params"] if finished else {}
+    seeds = sorted({int(r["params"]["seed"]) for r in finished})
+    classes = str(meta.get("classes", "?")).replace(",", ", ")
+    bars = "error bars: sample std (ddof=1) over seeds" if len(seeds) > 1 else "one seed: no error bars"
+    return (
+        f"Few-shot segmentation, {meta.get('dataset', '?')} (preset {meta.get('preset', '?')})\n"
+        f"classes: {classes}\nseeds {seeds}; {bars}"
+    )
+
+
 def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """PNG: class-mean Dice (%) vs shots, one line per init x mode, ± std over seeds."""
+    """PNG: class-mean Dice (%) vs shots from 0 to 100, one line (with markers, so one shot value shows) per
+    init x mode, ± sample std over seeds; the title names dataset, classes, seeds and the error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,22 +149,15 @@ def plot_dice_vs_shots(runs: list[dict[str, Any]], path: str | os.PathLike) -> P
         ax.set_xticks(all_shots)
         ax.set_xlim(min(all_shots) - 0.5, max(all_shots) + 0.5)
     ax.set_xlabel("shots (labelled volumes)")
-    ax.set_ylabel("mean Dice (%)")
-    ax.set_title("Few-shot segmentation")
+    ax.set_ylabel("class-mean Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(_plot_title(runs), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
-
-
-def group_by_settings(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``{data_settings_sha256: runs}``, the setting of the newest run first (runs of older versions: ``""``)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:  # search_runs returns newest first
-        groups.setdefault(r["tags"].get("data_settings_sha256", ""), []).append(r)
-    return groups
 
 
 def write_report(
@@ -234,23 +171,9 @@ def write_report(
     ``data_settings``: report only the runs of that ``data_settings_sha256`` (a sweep's own); ``None``:
     every setting in the store, one section each.
     """
-    groups = group_by_settings(collect_runs(tracking_uri, experiment))
-    if data_settings is not None:
-        groups = {data_settings: groups.get(data_settings, [])}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for sha, runs in groups.items():
-        name = "dice_vs_shots.png" if len(groups) == 1 else f"dice_vs_shots_{sha or 'untagged'}.png"
-        png = plot_dice_vs_shots(runs, out / name)
-        text = render_markdown(runs, experiment, tracking_uri, png.name)
-        if len(groups) > 1:
-            text = text.replace("# Few-shot segmentation report", f"# Data setting {sha or 'untagged'}: report", 1)
-        sections.append(text)
-    md = out / "report.md"
-    text = "\n\n".join(sections)
-    atomic_write(md, lambda tmp: Path(tmp).write_text(text))
-    return md
+    return write_sections(
+        tracking_uri, experiment, out_dir, data_settings, "dice_vs_shots", plot_dice_vs_shots, render_markdown
+    )
 
 
 def main(

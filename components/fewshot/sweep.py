@@ -30,7 +30,6 @@ Run it as the bundle config ``configs/sweep.json`` of ``mass_fewshot`` (every op
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -47,27 +46,26 @@ import torch
 
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
-from components.fewshot.report import tracking_client
 from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.inference.incontext import segment_in_chunks
 from components.io.atomic import atomic_json
-from components.io.errors import RunFailedError, error_message
+from components.io.errors import error_message
 from components.network.release_checkpoint import preset_of_checkpoint
+from components.tracking.identity import code_tags as identity_code_tags
+from components.tracking.identity import digest, file_sha256
+from components.tracking.report import log_report, raise_if_failed
+from components.tracking.store import default_tracking_uri, experiment_id, finished_keys, tracking_client
 
-__all__ = ["run_key", "default_tracking_uri", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
+__all__ = ["run_key", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
 
 logger = logging.getLogger(__name__)
 EXPERIMENT = "mass_fewshot"
+_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
 MODES = ("ic", "ft")
 
 
 def run_key(init: str, mode: str, shots: int, seed: int) -> str:
     return f"{init}-{mode}-k{int(shots)}-s{int(seed)}"
-
-
-def default_tracking_uri(out_dir: str | os.PathLike) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``out_dir`` (MLflow 3 has no file store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlruns.db'}"
 
 
 def _fixed_class_predictor(preset: str, num_classes: int, ckpt: Path, device: str):
@@ -152,8 +150,6 @@ def _track_finetuning(wf: Any, tracking: Mapping[str, Any] | None, key: str, ove
 
     from monai.handlers import MLFlowHandler, from_engine
 
-    from components.fewshot.report import tracking_client
-
     p = wf.parser
     trainer, evaluator = p.get_parsed_content("train#trainer"), p.get_parsed_content("validate#evaluator")
     name = f"{key}-finetuning-{uuid.uuid4().hex[:8]}"
@@ -184,19 +180,7 @@ def init_fingerprint(cfg: Mapping[str, Any], init: str) -> str:
     path = cfg["inits"].get(init)
     if not path or not os.path.isfile(path):
         return "none"
-    return _file_sha256(path)
-
-
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return file_sha256(path)
 
 
 def data_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,7 +188,7 @@ def data_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "dataset": str(cfg["dataset"]),
         "classes": {c.name: list(c.label_ids) for c in parse_classes(cfg["classes"])},
-        "split_sha256": _file_sha256(cfg["split_file"]),
+        "split_sha256": file_sha256(cfg["split_file"]),
         "preset": str(cfg["preset"]),
         "spacing": [float(v) for v in cfg["spacing"]] if cfg.get("spacing") is not None else None,
         "roi_size": [int(v) for v in cfg["roi_size"]],
@@ -262,78 +246,6 @@ def _start_parent(client: Any, exp_id: str, cfg: Mapping[str, Any], code_tags: M
     return run_id
 
 
-def _bundle_version(cfg: Mapping[str, Any]) -> str:
-    meta = Path(cfg.get("bundle_dir") or Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot")
-    try:
-        return str(json.loads((meta / "configs" / "metadata.json").read_text())["version"])
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def _finished_keys(client: Any, exp_id: str) -> set[tuple[str, str]]:
-    """``{(run_key, settings_sha256)}`` of every FINISHED run (one store may hold several settings)."""
-    runs = client.search_runs(
-        [exp_id],
-        filter_string="attributes.status = 'FINISHED'",
-        max_results=10000,
-        order_by=["attributes.start_time DESC"],
-    )
-    return {
-        (r.data.tags["run_key"], r.data.tags.get("settings_sha256", "")) for r in runs if r.data.tags.get("run_key")
-    }
-
-
-def _artifact_location(tracking_uri: str) -> str | None:
-    """For a local SQLite store, artifacts go to ``mlruns/`` beside the database (as MONAI's
-    ``MLFlowHandler`` does), not to ``./mlruns`` of whatever folder the sweep runs in."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-
-
-def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
-    """Id of the experiment ``name`` (created when missing); a deleted one is an error."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
-    if exp.lifecycle_stage != "active":
-        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
-    want = _artifact_location(tracking_uri)
-    if want and exp.artifact_location != want and exp.artifact_location.rstrip("/").endswith("/mlruns"):
-        _move_artifact_location(tracking_uri, exp.artifact_location, want)
-    return exp.experiment_id
-
-
-def _move_artifact_location(tracking_uri: str, old: str, new: str) -> None:
-    """Point the experiments and runs of a copied SQLite store at the ``mlruns/`` beside it: the
-    location is stored as an absolute URI, so a sweep continued in a copy wrote into the original."""
-    import sqlite3
-
-    with sqlite3.connect(tracking_uri[len("sqlite:///") :]) as con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, old))
-        con.execute(
-            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
-            (new, len(old) + 1, len(old), old),
-        )
-    logger.warning("MLflow artifacts now go to %s, beside the store (they went to %s: a copied store)", new, old)
-
-
 def _log_run(
     client: Any,
     exp_id: str,
@@ -366,7 +278,7 @@ def _log_run(
             "stage": "mass_fewshot",
             "init_sha256": settings["init_sha256"],
             "data_settings_sha256": settings["data_settings_sha256"],
-            "settings_sha256": _digest(settings),
+            "settings_sha256": digest(settings),
         }
     )
     # the run spans the work it records (a resumed result keeps its measured duration)
@@ -440,11 +352,11 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     from mlflow.entities import RunStatus
 
     experiment = cfg.get("experiment", EXPERIMENT)
-    exp_id = _experiment_id(client, experiment, tracking_uri)
-    done = _finished_keys(client, exp_id)
+    exp_id = experiment_id(client, experiment, tracking_uri)
+    done = finished_keys(client, exp_id)
     data = data_settings(cfg)  # the split file is hashed once per sweep, not per run
-    data_sha = _digest(data)
-    code_tags = {"bundle_version": _bundle_version(cfg), "git_commit": _git_commit()}
+    data_sha = digest(data)
+    code_tags = identity_code_tags(cfg.get("bundle_dir") or _BUNDLE)
     parent = _start_parent(client, exp_id, cfg, code_tags, data_sha)
     sweep_tags = {**code_tags, "mlflow.parentRunId": parent}
     status: dict[str, str] = {}
@@ -454,7 +366,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
         for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
             key = run_key(init, mode, shots, seed)
             settings = run_settings(cfg, mode, fingerprints[init], data_sha)
-            settings_sha = _digest(settings)
+            settings_sha = digest(settings)
             if (key, settings_sha) in done:
                 status[key] = "skipped (finished)"
                 continue
@@ -581,15 +493,6 @@ def sweep_and_report(
 
         md = write_report(status["tracking_uri"], status["experiment"], output_dir, status["data_settings_sha256"])
         status["report"] = str(md)
-        client = tracking_client(status["tracking_uri"])
-        for f in (md, *sorted(md.parent.glob("dice_vs_shots*.png"))):  # on the sweep-level run
-            client.log_artifact(status["parent_run_id"], str(f))
-        logger.info("MLflow runs: mlflow ui --backend-store-uri %s", status["tracking_uri"])
-        logger.info("few-shot report: %s", status["report"])
-    failed = {k: s for k, s in status["runs"].items() if s.startswith("failed")}
-    if failed:
-        lines = "\n".join(f"  {k}: {s[len('failed: ') :]}" for k, s in failed.items())
-        raise RunFailedError(
-            f"{len(failed)} of {len(status['runs'])} sweep run(s) failed (the others finished):\n{lines}"
-        )
+        log_report(status, md, "dice_vs_shots")
+    raise_if_failed(status, "sweep")
     return status

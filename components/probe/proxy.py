@@ -12,14 +12,12 @@ modality, split, volume``) and ``datalist_multilabel.csv`` (one 0/1 column per s
 with at least ``presence_voxels`` voxels in the crop), and ``classes.json`` (``{"classes": [...]}``, what
 the bundle's ``configs/train.json`` reads beside its datalist).
 
-:func:`run_bundle` runs the ``mass_probe`` bundle's training config in this process. The repository's
-demo driver (the demo's volumes, pretrained-frozen vs baselines) is ``scripts/probe_demo.py``.
+The repository's demo task builder is ``scripts/probe_demo.py``; the comparison of encoders is ``components/probe/sweep.py``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -148,48 +146,3 @@ def build_proxy_task(
         },
     )
     return out / "datalist.csv"
-
-
-def run_bundle(
-    overrides: Mapping[str, Any],
-    bundle: str | os.PathLike,
-    configs: Sequence[str] = ("train.json",),
-    quiet: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Run the probe bundle's ``configs`` (merged in order, e.g. ``("train.json", "demo.json")``) with
-    ``overrides`` in this process; returns its ``summary.json``.
-
-    ``quiet`` keeps only warnings on the console; ``kwargs`` go to ``ConfigWorkflow`` (e.g. ``tracking``).
-    """
-    import logging
-
-    from monai.bundle import ConfigWorkflow
-
-    bundle = Path(bundle)
-    wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / c) for c in configs],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle),
-        **kwargs,
-        **dict(overrides),
-    )
-    wf.initialize()
-    if quiet:
-        wf.parser.get_parsed_content("train#trainer")  # handlers create their loggers when instantiated
-        for name in (
-            "",
-            "ignite",
-            "ignite.engine.engine.SupervisedTrainer",
-            "ignite.engine.engine.SupervisedEvaluator",
-            "components.probe.features",
-        ):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
-            if isinstance(logger, logging.Logger):
-                logger.setLevel(logging.WARNING)
-    wf.run()
-    wf.finalize()
-    return json.loads((Path(wf.parser.get_parsed_content("output_dir")) / "summary.json").read_text())

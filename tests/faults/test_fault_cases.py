@@ -579,7 +579,8 @@ def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsy
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated"])
 def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind, tmp_path, capsys):
-    from components.fewshot.report import main, tracking_client
+    from components.fewshot.report import main
+    from components.tracking.store import tracking_client
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}" if kind == "missing" else _store(tmp_path, b"x" * 3000)
     if kind == "truncated":  # a real store cut in half (a copy interrupted)

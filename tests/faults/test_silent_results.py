@@ -240,8 +240,9 @@ def test_fewshot_split_with_a_support_volume_in_the_test_set_is_refused(tmp_path
 def test_sweep_continued_in_a_copied_folder_keeps_its_artifacts_there(tmp_path):
     import shutil
 
-    from components.fewshot.report import tracking_client
-    from components.fewshot.sweep import _artifact_location, _experiment_id
+    from components.tracking.store import artifact_location as _artifact_location
+    from components.tracking.store import experiment_id as _experiment_id
+    from components.tracking.store import tracking_client
 
     first = tmp_path / "first"
     first.mkdir()

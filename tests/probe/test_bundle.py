@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from components.probe.features import build_encoder
-from components.probe.proxy import build_proxy_task, run_bundle
+from components.probe.proxy import build_proxy_task
+from components.probe.sweep import run_bundle
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_probe"
 CONFIGS = BUNDLE / "configs"
