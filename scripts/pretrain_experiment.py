@@ -244,7 +244,9 @@ def read_curve(path: Path) -> list[dict[str, str]]:
 
 
 def plot_curve(csv_path: Path, png_path: Path) -> None:
-    """Held-out Dice (5 demo classes, all classes) and training loss against iterations."""
+    """Held-out Dice in % (5 demo classes, all classes; the few-shot report's unit) and training loss
+    against iterations; the title names the mask source, preset, grid and held-out volume
+    (``settings.json`` beside the CSV), the legend every line, the loss included."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,27 +254,44 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
 
     rows = read_curve(csv_path)
     it = [int(r["iteration"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(it, [float(r["dice_demo5"]) for r in rows], "o-", label="held-out Dice, 5 demo classes")
-    ax.plot(it, [float(r["dice_all"]) for r in rows], "s--", label="held-out Dice, all classes >= 1 cm3")
-    no_lcc = [(i, float(r["dice_all_no_lcc"])) for i, r in zip(it, rows) if r.get("dice_all_no_lcc")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(it, [100 * float(r["dice_demo5"]) for r in rows], "o-", label="held-out Dice, 5 demo classes")
+    ax.plot(it, [100 * float(r["dice_all"]) for r in rows], "s--", label="held-out Dice, all classes >= 1 cm3")
+    no_lcc = [(i, 100 * float(r["dice_all_no_lcc"])) for i, r in zip(it, rows) if r.get("dice_all_no_lcc")]
     if no_lcc:
         ax.plot(*zip(*no_lcc), "^:", label="same, without the largest-component step")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("in-context Dice (MNI152 from Colin27)")
+    ax.set_ylabel("in-context Dice (%), class mean")
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     loss = [(i, float(r["train_loss"])) for i, r in zip(it, rows) if r["train_loss"]]
     if loss:
-        ax2.plot(*zip(*loss), color="grey", alpha=0.5, label="training loss")
+        ax2.plot(*zip(*loss), color="grey", alpha=0.5, label="training loss (right axis)")
         ax2.set_ylabel("training loss")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(csv_path.parent.name)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.set_title(_curve_title(csv_path.parent), fontsize=9)
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def _curve_title(out_dir: Path) -> str:
+    """``<source> masks, preset, spacing, crop; held-out volume and references`` from ``settings.json``."""
+    try:
+        s = json.loads((out_dir / "settings.json").read_text())
+    except (OSError, ValueError):
+        s = {}
+    spacing = s.get("spacing") or ["?"]
+    crop = s.get("crop_size") or ["?"]
+    return (
+        f"{out_dir.name}: {s.get('source', '?')} masks, preset {s.get('preset', '?')}, "
+        f"{spacing[0]} mm, {crop[0]}^3 crops\nheld out: MNI152 T1, segmented in context from Colin27"
+    )
 
 
 def main(

@@ -116,6 +116,22 @@ def _describe(value: Any) -> str:
     return f"<in-memory {type(value).__name__}{' of shape ' + str(tuple(shape)) if shape is not None else ''}>"
 
 
+def check_volume_header(path: str | os.PathLike) -> None:
+    """:class:`VolumeError` naming ``path`` if it is missing or, for NIfTI files, its header cannot be read
+    (a text file, a truncated gzip): cheap enough to check every file of a split before a long run."""
+    if not os.path.exists(path):
+        raise VolumeError(path, "file does not exist")
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            nib.load(str(path)).header  # noqa: B018 - reading the header is the check
+        except Exception as e:
+            raise VolumeError(
+                path, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
+
+
 class LoadVolumed(LoadImaged):
     """``LoadImaged`` (channel first) whose failures become :class:`VolumeError` naming the file.
 

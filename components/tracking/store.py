@@ -34,7 +34,33 @@ def tracking_client(tracking_uri: str, must_exist: bool = False) -> Any:
     except Exception as e:  # SQLAlchemy / MLflow errors of an unusable store
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise OptionError("tracking_uri", f"{tracking_uri}: MLflow store cannot be read ({first[:200]})") from None
+    if tracking_uri.startswith("sqlite:///"):
+        _check_schema(tracking_uri, Path(tracking_uri[len("sqlite:///") :]))
     return client
+
+
+def _check_schema(tracking_uri: str, db: Path) -> None:
+    """:class:`OptionError` when a SQLite store's schema revision is not the installed MLflow's: MLflow
+    opens such a store (written by another MLflow version) without a word and fails on a later write."""
+    import sqlite3
+
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        head = _get_latest_schema_revision()
+    except Exception:  # another MLflow layout: its own checks are all there is
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            found = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error as e:
+        raise OptionError("tracking_uri", f"{tracking_uri}: MLflow store cannot be read ({e})") from None
+    if found is None or found[0] != head:
+        raise OptionError(
+            "tracking_uri",
+            f"{tracking_uri}: MLflow store cannot be read (schema revision {found[0] if found else 'none'}, this "
+            f"MLflow expects {head}: written by another MLflow version; `mlflow db upgrade` migrates an older one)",
+        )
 
 
 def default_tracking_uri(out_dir: str | os.PathLike) -> str:

@@ -150,6 +150,15 @@ def _split(tmp: Path, fin: Path, text: str | None = None, **over) -> list[str]:
     )
 
 
+def _bad_support(tmp: Path, fin: Path, data: bytes) -> list[str]:
+    """The sweep with a training (support) image that is not a readable volume: refused before any run."""
+    bad = tmp / "bad_t1.nii.gz"
+    bad.write_bytes(data)
+    test = {"image": str(DEMO / "mni152_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
+    text = json.dumps({"train": [{"image": str(bad), "label": str(DEMO / "colin27_seg.nii.gz")}], "test": [test]})
+    return _split(tmp, fin, text)
+
+
 def _overlap(tmp: Path, fin: Path) -> list[str]:
     one = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}
     return _split(tmp, fin, json.dumps({"train": [one], "test": [one]}))
@@ -499,6 +508,20 @@ CASES: list[Case] = [
         2,
         ("tracking_uri:", "store.db", "cannot be read"),
     ),
+    (
+        "sweep-support-not-nifti",
+        *S,
+        lambda t, f: _bad_support(t, f, b"not a volume"),
+        2,
+        ("bad_t1.nii.gz:", "cannot be read"),
+    ),
+    (
+        "sweep-support-truncated",
+        *S,
+        lambda t, f: _bad_support(t, f, (DEMO / "colin27_t1.nii.gz").read_bytes()[:200]),
+        2,
+        ("bad_t1.nii.gz:", "cannot be read"),
+    ),
     ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
     ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
 ]
@@ -577,7 +600,7 @@ def test_fire_cli_bad_input_gives_one_error_line(kind, expected, tmp_path, capsy
     assert not unchanged(before, fin)
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated", "unknown-schema"])
 def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind, tmp_path, capsys):
     from components.fewshot.report import main
     from components.tracking.store import tracking_client
@@ -588,6 +611,15 @@ def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind
         real.parent.mkdir()
         tracking_client(f"sqlite:///{real}").create_experiment("mass_fewshot")
         uri = _store(tmp_path, real.read_bytes()[: real.stat().st_size // 2])
+    if kind == "unknown-schema":  # a store written by another MLflow version (a schema revision unknown here)
+        import sqlite3
+
+        real = tmp_path / "newer" / "mlruns.db"
+        real.parent.mkdir()
+        tracking_client(f"sqlite:///{real}").create_experiment("mass_fewshot")
+        with sqlite3.connect(real) as con:
+            con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        uri = f"sqlite:///{real}"
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         fire_main(main, ["--tracking_uri", uri, "--out_dir", str(tmp_path / "report")])
@@ -598,6 +630,7 @@ def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind
         errors[0].startswith("error: tracking_uri: ")
         and ("no MLflow store" if kind == "missing" else "cannot be read") in errors[0]
     )
+    assert kind != "unknown-schema" or "schema revision ffffffffffff" in errors[0]
     assert not (tmp_path / "mlruns.db").exists()  # a mistyped path no longer creates an empty store there
     assert not (tmp_path / "report").exists()
 
