@@ -223,6 +223,24 @@ def test_datastore_refuses_ids_and_tags_that_leave_it(server: Server, bundle_lab
     assert _tree(base) == before  # nothing written anywhere, inside the datastore or outside
 
 
+def test_datastore_routes_by_id_answer_4xx_with_the_reason(server: Server) -> None:
+    """Info updates and removals name an image or label: not plain -> 400, not held -> 404, nothing changed."""
+    before = _tree(server.log.parent.parent)
+    ds = server.url + "/datastore"
+    info = {"info": json.dumps({"note": "x"})}
+    _refused(requests.put(ds + "/image/info", params={"image": "nope"}, data=info, timeout=60), 404, "'nope'")
+    _refused(requests.put(ds + "/image/info", params={"image": "../x"}, data=info, timeout=60), 400, "image id")
+    label_info = {"label": "mni152_t1", "tag": "../../x"}
+    _refused(requests.put(ds + "/label/info", params=label_info, data=info, timeout=60), 400, "tag")
+    label_info = {"label": "mni152_t1", "tag": "no_such_tag"}
+    _refused(requests.put(ds + "/label/info", params=label_info, data=info, timeout=60), 404, "no_such_tag")
+    _refused(requests.delete(ds + "/image", params={"id": "../studies"}, timeout=60), 400, "image id")
+    _refused(requests.delete(ds + "/image", params={"id": "nope"}, timeout=60), 404, "'nope'")
+    _refused(requests.delete(ds + "/label", params={"id": "mni152_t1", "tag": "../../x"}, timeout=60), 400, "tag")
+    _refused(requests.delete(ds + "/label", params={"id": "nope", "tag": "final"}, timeout=60), 404, "'nope'")
+    assert _tree(server.log.parent.parent) == before
+
+
 def test_datastore_refuses_unreadable_uploads_with_the_reason(server: Server, tmp_path: Path) -> None:
     studies = server.log.parent / "studies"
     before = _tree(server.log.parent)

@@ -9,7 +9,10 @@ as ``image``. Unreadable uploads are stored as they come, and fail later with a 
   no ``..``, not starting with ``.`` or ``-``, at most 128 characters.
 * :class:`CheckedDatastore` — a ``LocalDatastore`` that refuses such names, uploads it would not list (another
   extension), uploads that are not one 3D volume, and labels that are not on their image's grid or hold
-  non-integer or negative values; nothing is written before the checks pass.
+  non-integer or negative values; nothing is written before the checks pass. The routes that name an
+  existing image or label (``PUT /datastore/image/info``, ``PUT /datastore/label/info``, ``DELETE
+  /datastore/image``, ``DELETE /datastore/label``) answer 400 for a name that is not plain and 404 for an
+  image or label the datastore does not hold (MONAI Label answers 500, or deletes by a joined path).
 * :func:`infer_error` — a ``VolumeError`` met during inference as a 400 naming the file.
 * :func:`private_upload_dir` — the server's temporary folder, where MONAI Label puts uploads.
 """
@@ -126,6 +129,33 @@ class CheckedDatastore(LocalDatastore):
         self._check_extension(image_filename, what)
         load_upload(image_filename, what)
         return super().add_image(image_id, image_filename, image_info)
+
+    def _known_image(self, image_id: str) -> None:
+        check_name("image id", image_id)
+        if image_id not in self._datastore.objects:
+            raise http_error(404, f"no image {image_id!r} in the datastore")
+
+    def _known_label(self, image_id: str, label_tag: str) -> None:
+        check_name("tag", label_tag)
+        self._known_image(image_id)
+        if label_tag not in self._datastore.objects[image_id].labels:
+            raise http_error(404, f"image {image_id!r} has no label with tag {label_tag!r}")
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        self._known_image(image_id)
+        return super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        self._known_label(label_id, label_tag)
+        return super().update_label_info(label_id, label_tag, info)
+
+    def remove_image(self, image_id: str) -> None:
+        self._known_image(image_id)
+        return super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        self._known_label(label_id, label_tag)
+        return super().remove_label(label_id, label_tag)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         check_name("tag", label_tag)
