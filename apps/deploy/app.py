@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application, Image, IOType
@@ -43,22 +44,42 @@ SERIES_RULES = json.dumps(
 )
 
 
+# class names whose SNOMED CT concept is not their CamelCase form in pydicom's code dictionary
+SNOMED_NAMES = {
+    "lateral_ventricles": "LateralVentricle",  # 66720007
+    "cerebellum_cortex": "CerebellarCortex",  # 25991003
+    "ventricles": "LateralVentricle",
+}
+
+
+def structure_code(name: str) -> Any:
+    """The SNOMED CT code of a class name (``codes.SCT``); the generic "Anatomical Structure" with a
+    warning when pydicom's dictionary has no concept for it."""
+    camel = SNOMED_NAMES.get(name.lower()) or "".join(part.capitalize() for part in name.split("_"))
+    code = getattr(codes.SCT, camel, None)
+    if code is None:
+        logging.getLogger(__name__).warning("no SNOMED CT code for class %r: DICOM SEG says Anatomical Structure", name)
+        return codes.SCT.AnatomicalStructure
+    return code
+
+
 def segment_descriptions(bundle: Path) -> list[SegmentDescription]:
-    """One DICOM SEG segment per class of the bundle's ``channel_def`` (label values 1..N), in order."""
+    """One DICOM SEG segment per class of the bundle's label values 1..N (``post_processed_outputs``
+    ``channel_def``; ``outputs`` when the bundle has no post-processed description), in order."""
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    formats = meta["network_data_format"]
+    channel_def = formats.get("post_processed_outputs", formats["outputs"])["pred"]["channel_def"]
     version = str(meta.get("version", ""))
     out = []
     for value in sorted(int(k) for k in channel_def):
         if value == 0:
             continue
         name = str(channel_def[str(value)])
-        camel = "".join(part.capitalize() for part in name.split("_"))
         out.append(
             SegmentDescription(
                 segment_label=name[:64],
                 segmented_property_category=codes.SCT.AnatomicalStructure,
-                segmented_property_type=getattr(codes.SCT, camel, codes.SCT.AnatomicalStructure),
+                segmented_property_type=structure_code(name),
                 algorithm_name="MASS few-shot segmentation (mass_fewshot bundle)",
                 algorithm_family=codes.DCM.ArtificialIntelligence,
                 algorithm_version=version[:64] or "unknown",

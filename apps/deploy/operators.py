@@ -82,6 +82,9 @@ class LabelMapNiftiWriterOperator(Operator):
             out.set_qform(out.affine, code=1)
             out.set_sform(out.affine, code=1)
             nib.save(out, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

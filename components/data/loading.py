@@ -132,6 +132,22 @@ def check_volume_header(path: str | os.PathLike) -> None:
             ) from e
 
 
+def check_label_grid(image: str | os.PathLike, label: str | os.PathLike) -> None:
+    """:class:`VolumeError` naming ``label`` when, by the NIfTI headers alone, it is not on ``image``'s grid
+    (voxel shape, or affine within 1e-3); files of other formats are left to :class:`CheckVolumed`."""
+    if not all(str(p).endswith((".nii", ".nii.gz")) for p in (image, label)):
+        return
+    import nibabel as nib
+
+    check_volume_header(image)
+    check_volume_header(label)
+    img, lab = nib.load(str(image)), nib.load(str(label))
+    if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
+        raise VolumeError(label, f"grid {tuple(lab.shape[:3])} does not match image {image} {tuple(img.shape[:3])}")
+    if not np.allclose(lab.affine, img.affine, atol=1e-3):
+        raise VolumeError(label, f"affine (position/spacing/orientation) does not match image {image}")
+
+
 class LoadVolumed(LoadImaged):
     """``LoadImaged`` (channel first) whose failures become :class:`VolumeError` naming the file.
 

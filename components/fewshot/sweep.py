@@ -437,15 +437,14 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:
     """The sweep's classes, split, modes, shots and seeds, checked before any run (bad input: exit 2)."""
-    from components.data.loading import check_volume_header
+    from components.data.loading import check_label_grid
     from components.io.checks import check_choice, check_int_at_least
     from components.io.errors import OptionError
 
     parse_classes(cfg["classes"])
     train = load_split(cfg["split_file"])["train"]
     for item in train:  # a support volume that cannot be read would fail every run drawing it
-        for key in ("image", "label"):
-            check_volume_header(item[key])
+        check_label_grid(item["image"], item["label"])
     for mode in cfg.get("modes") or ():
         check_choice("sweep_modes", mode, MODES)
     for shots in cfg.get("shots") or ():

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -164,6 +165,20 @@ def _overlap(tmp: Path, fin: Path) -> list[str]:
     return _split(tmp, fin, json.dumps({"train": [one], "test": [one]}))
 
 
+def _newer_store(tmp: Path) -> str:
+    """A real MLflow store whose schema revision this MLflow does not know (written by another version)."""
+    import sqlite3
+
+    from components.tracking.store import tracking_client
+
+    p = tmp / "newer" / "mlruns.db"
+    p.parent.mkdir()
+    tracking_client(f"sqlite:///{p}").create_experiment("mass_fewshot")
+    with sqlite3.connect(p) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    return f"sqlite:///{p}"
+
+
 def _store(tmp: Path, data: bytes) -> str:
     p = tmp / "store.db"
     p.write_bytes(data)
@@ -219,6 +234,25 @@ def _masks_of(tmp: Path, fin: Path, kind: str) -> list[str]:
     for n in ("colin27_t1", "mni152_t1"):
         name = f"{n}.mset" if kind == "other-grid" else f"unrelated_{n}.mset"
         write_maskset(d / name, [m], np.eye(4), image_path=str(DEMO / f"{n}.nii.gz"))
+    return _pretrain(tmp, fin, mask_dir=d)
+
+
+def _damaged_masks(tmp: Path, fin: Path, kind: str) -> list[str]:
+    """Real mask sets of the volumes, then cut in half (a copy interrupted) or with bits flipped in the header."""
+    d = tmp / kind
+    d.mkdir()
+    m = np.zeros((8, 8, 8), bool)
+    m[2:5, 2:5, 2:5] = True
+    for n in ("colin27_t1", "mni152_t1"):
+        p = d / f"{n}.mset"
+        write_maskset(p, [m, ~m], np.eye(4), image_path=str(DEMO / f"{n}.nii.gz"))
+        data = bytearray(p.read_bytes())
+        if kind == "truncated":
+            data = data[: len(data) // 2]
+        else:
+            for i in range(40, 48):
+                data[i] ^= 0x10
+        p.write_bytes(bytes(data))
     return _pretrain(tmp, fin, mask_dir=d)
 
 
@@ -313,6 +347,20 @@ CASES: list[Case] = [
         lambda t, f: _masks_of(t, f, "other-grid"),
         2,
         ("colin27_t1.mset:", "does not match", "no usable volume"),
+    ),
+    (
+        "no-usable-volume-truncated-masks",
+        *P,
+        lambda t, f: _damaged_masks(t, f, "truncated"),
+        2,
+        ("colin27_t1.mset:", "no usable volume"),
+    ),
+    (
+        "no-usable-volume-bit-flips",
+        *P,
+        lambda t, f: _damaged_masks(t, f, "bit-flips"),
+        2,
+        ("colin27_t1.mset:", "no usable volume"),
     ),
     (
         "no-usable-volume-no-mask-set",
@@ -522,6 +570,13 @@ CASES: list[Case] = [
         2,
         ("bad_t1.nii.gz:", "cannot be read"),
     ),
+    (
+        "sweep-store-unknown-schema",
+        *S,
+        lambda t, f: _split(t, f, tracking_uri=_newer_store(t)),
+        2,
+        ("tracking_uri:", "schema revision ffffffffffff"),
+    ),
     ("sweep-split-missing", *S, lambda t, f: _sweep(t, f), 2, ("split_file:", "split.json")),
     ("sweep-output-unwritable", *S, lambda t, f: _sweep(t, f, output_dir=not_a_dir(t)), 2, ("output_dir:", "blocker")),
 ]
@@ -532,8 +587,8 @@ def test_bad_input_gives_one_error_line_and_keeps_outputs(
     name, bundle, config, options, code, expected, tmp_path, capsys, monkeypatch
 ):
     fin = finished_outputs(tmp_path / "fin")
-    before = tree_hashes(fin)
     argv = options(tmp_path, fin)
+    before = tree_hashes(fin)  # every finished output there when the command runs, the case's own included
     out = run_bundle(capsys, monkeypatch, bundle, config, *argv)
     assert out.code == code, out.stderr[-3000:]
     assert len(out.errors) == 1, out.stderr[-3000:]
@@ -635,17 +690,25 @@ def test_report_cli_on_a_bad_store_gives_one_error_line_and_creates_nothing(kind
     assert not (tmp_path / "report").exists()
 
 
-def test_support_label_of_another_grid_names_the_label_not_the_transform(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["shape", "affine"])
+def test_support_label_of_another_grid_is_refused_before_any_run(kind, tmp_path, capsys, monkeypatch):
+    """A support label on another grid than its image fails every run that draws it: refused, exit 2, named."""
     fin = finished_outputs(tmp_path / "fin")
-    bad = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
+    label = DEMO / "mni152_seg.nii.gz"
+    if kind == "affine":  # the right voxel grid, shifted by 5 mm
+        src = nib.load(DEMO / "colin27_seg.nii.gz")
+        moved = src.affine.copy()
+        moved[:3, 3] += 5.0
+        label = tmp_path / "colin27_seg_moved.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(src.dataobj), moved), str(label))
+    bad = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(label)}
     test = {"image": str(DEMO / "mni152_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}
     argv = _split(tmp_path, fin, json.dumps({"train": [bad], "test": [test]}), report="False")
+    before = tree_hashes(fin)
     out = run_bundle(capsys, monkeypatch, "mass_fewshot", "sweep.json", *argv)
-    assert out.code == 1 and out.errors == ["error: 1 of 1 sweep run(s) failed (the others finished):"], out.stderr[
-        -2000:
-    ]
-    detail = out.stderr.splitlines()[out.stderr.splitlines().index(out.errors[0]) + 1]
-    assert f"scratch-ic-k1-s0: {DEMO / 'mni152_seg.nii.gz'}: grid" in detail and "object at 0x" not in out.stderr
+    assert out.code == 2 and len(out.errors) == 1, out.stderr[-2000:]
+    assert out.errors[0].startswith(f"error: {label}: ") and ("grid" if kind == "shape" else "affine") in out.errors[0]
+    assert "object at 0x" not in out.stderr and tree_hashes(fin) == before  # no run started, nothing written
 
 
 def test_incontext_with_an_existing_task_file_needs_no_split(tmp_path, capsys, monkeypatch, one_thread):

@@ -59,12 +59,13 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
     schema = meta_schema
     assert not list(jsonschema.Draft201909Validator(schema).iter_errors(meta))
-    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    channel_def = meta["network_data_format"]["post_processed_outputs"]["pred"]["channel_def"]
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())
     # label values, MONAI Label's /info labels and train.json's classes share one numbering: 0 background, 1..N
     names = inference["class_names"]
     assert channel_def == {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}}
-    assert meta["network_data_format"]["post_processed_outputs"]["pred"]["channel_def"] == channel_def
+    logits = meta["network_data_format"]["outputs"]["pred"]  # the network's N logit channels, one per class
+    assert logits["channel_def"] == {str(i): n for i, n in enumerate(names)} and logits["num_channels"] == len(names)
     for name in ("train.json", "evaluate.json", "incontext.json"):
         parser = ConfigParser()
         parser.read_config(str(BUNDLE / "configs" / name))

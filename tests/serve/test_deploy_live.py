@@ -29,6 +29,7 @@ for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
     seg = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
     counts[seg] = counts.get(seg, 0) + int(np.count_nonzero(frame))
 print(json.dumps({"modality": ds.Modality, "labels": [s.SegmentLabel for s in ds.SegmentSequence],
+                  "codes": [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence],
                   "series": ds.ReferencedSeriesSequence[0].SeriesInstanceUID, "counts": counts}))
 """
 
@@ -61,6 +62,8 @@ def test_deploy_app_from_dicom_series_equals_bundle_run(
     )
     seg = json.loads(res.stdout)
     assert seg["modality"] == "SEG" and seg["labels"] == class_names
+    assert "91723000" not in seg["codes"], seg["codes"]  # each class its SNOMED CT concept, none left generic
+    assert deployed.stat().st_mode & 0o777 == expected.stat().st_mode & 0o777  # same file mode as bundle run
     counts = {int(k): v for k, v in seg["counts"].items()}
     present = {v: int((a == v).sum()) for v in range(1, len(class_names) + 1) if (a == v).any()}
     assert {k: v for k, v in counts.items() if v} == present

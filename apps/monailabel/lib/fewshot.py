@@ -2,7 +2,7 @@
 
 * :func:`fewshot_infer_task` — MONAI Label's ``BundleInferTask`` on ``configs/inference.json``, with strict
   weight loading (a checkpoint that does not fit the network is an error, never a half-random model).
-  Labels come from ``metadata.json``'s ``channel_def``: 1..N, the values the bundle writes.
+  Labels come from ``metadata.json``'s ``post_processed_outputs`` ``channel_def``: 1..N, the values the bundle writes.
 * :class:`FewShotTrainTask` — MONAI Label's ``BundleTrainTask`` on ``configs/train.json``, fed from the
   datastore: the class embeddings start from the labelled volumes of the datastore (not from a split
   file of the repository), label values are the bundle's 1..N, and with too few labelled volumes for a
@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from monai.bundle import ckpt_export
@@ -26,8 +28,18 @@ logger = logging.getLogger(__name__)
 
 
 def fewshot_infer_task(bundle: str, conf: dict[str, str]) -> BundleInferTask:
-    """Fixed-class segmentation with the bundle's ``models/model.pt`` (or ``model.ts``)."""
-    return BundleInferTask(bundle, conf, type="segmentation", load_strict=True)
+    """Fixed-class segmentation with the bundle's ``models/model.pt`` (or ``model.ts``).
+
+    Label names and values come from ``post_processed_outputs`` (0 background, 1..N): the network's own
+    ``outputs`` are its N logit channels, which MONAI Label would otherwise take for label values 0..N-1.
+    """
+    task = BundleInferTask(bundle, conf, type="segmentation", load_strict=True)
+    meta = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+    pred = meta["network_data_format"].get("post_processed_outputs", {}).get("pred", {})
+    labels = {str(v).lower(): int(k) for k, v in pred.get("channel_def", {}).items() if str(v).lower() != "background"}
+    if labels:
+        task.labels = labels
+    return task
 
 
 class FewShotTrainTask(BundleTrainTask):
