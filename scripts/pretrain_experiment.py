@@ -5,7 +5,7 @@ default) on the real volumes of a data folder laid out like ``../shared/data`` a
 measures held-out in-context Dice: MNI152's SAMSEG structures segmented from Colin27 references
 (MNI152 is never trained on). Classes: the five few-shot demo classes plus every structure of at
 least 1 cm^3 in both brains. Each evaluation encodes the Colin27 references with the EMA weights
-(``components.fewshot.tasks.encode_support``) and segments the whole MNI152 volume with sliding windows
+(``components.inference.support.encode_support``) and segments the whole MNI152 volume with sliding windows
 (``components.fewshot.evaluate.evaluate``), exactly as the few-shot IC mode does.
 
 Mask sources: ``labels`` (the SAMSEG label maps of the training brains, through the maskgen bundle's
@@ -143,7 +143,7 @@ class CurveRecorder:
         roi_size: list[int],
         elapsed_before: float,
     ) -> None:
-        from components.fewshot.tasks import parse_classes
+        from components.data.classes import parse_classes
 
         self.out_dir, self.ema, self.preset = out_dir, ema, preset
         self.classes = parse_classes(classes)
@@ -160,8 +160,8 @@ class CurveRecorder:
     def evaluate(self, weights: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         """Held-out in-context Dice with the largest-component step (as released) and without it."""
         from components.fewshot.evaluate import evaluate
-        from components.fewshot.tasks import encode_support
         from components.inference.incontext import segment_in_chunks
+        from components.inference.support import encode_support
         from components.network.nets import build_network
 
         net = build_network(self.preset)

@@ -141,7 +141,8 @@ def check_label_grid(image: str | os.PathLike, label: str | os.PathLike) -> None
 
     check_volume_header(image)
     check_volume_header(label)
-    img, lab = nib.load(str(image)), nib.load(str(label))
+    img: Any = nib.load(str(image))
+    lab: Any = nib.load(str(label))
     if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
         raise VolumeError(label, f"grid {tuple(lab.shape[:3])} does not match image {image} {tuple(img.shape[:3])}")
     if not np.allclose(lab.affine, img.affine, atol=1e-3):

@@ -6,7 +6,7 @@
 * :func:`build_finetune_network` — ``FixedClassNet`` whose encoder/decoder/head come from that
   network and whose class embeddings are the averaged task embeddings of the K training
   references (as the release initialises finetuning).
-* :func:`finetune_transforms` — training pipeline: :func:`~components.fewshot.tasks.preprocessing` then
+* :func:`finetune_transforms` — training pipeline: :func:`~components.data.preprocessing.preprocessing` then
   patches centred on a random target class (MONAI ``RandCropByLabelClassesd``) and light intensity
   augmentation.
 
@@ -33,7 +33,9 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from components.fewshot.tasks import FewShotClass, encode_support, parse_classes, preprocessing
+from components.data.classes import FewShotClass, parse_classes
+from components.data.preprocessing import preprocessing
+from components.inference.support import encode_support
 
 __all__ = ["INIT_CHOICES", "build_incontext_network", "build_finetune_network", "finetune_transforms"]
 

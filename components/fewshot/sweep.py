@@ -44,10 +44,12 @@ from typing import Any
 
 import torch
 
+from components.data.classes import parse_classes
+from components.data.splits import load_split, sample_support
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
-from components.fewshot.tasks import encode_support, load_split, parse_classes, sample_support
 from components.inference.incontext import segment_in_chunks
+from components.inference.support import encode_support
 from components.io.atomic import atomic_json
 from components.io.errors import error_message
 from components.network.release_checkpoint import preset_of_checkpoint

@@ -712,8 +712,9 @@ def test_support_label_of_another_grid_is_refused_before_any_run(kind, tmp_path,
 
 
 def test_incontext_with_an_existing_task_file_needs_no_split(tmp_path, capsys, monkeypatch, one_thread):
+    from components.data.classes import parse_classes
     from components.fewshot.finetune import build_incontext_network
-    from components.fewshot.tasks import encode_support, parse_classes
+    from components.inference.support import encode_support
 
     support = [{"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}]
     net = build_incontext_network("tiny", "scratch", None, seed=0)

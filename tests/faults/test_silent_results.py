@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from components.data.classes import FewShotClass
 from components.data.loading import load_volume
 from components.fewshot.evaluate import evaluate
-from components.fewshot.tasks import FewShotClass
 from components.io.atomic import atomic_json
 from components.io.cli import guarded
 from components.io.errors import RunFailedError
@@ -224,7 +224,7 @@ def test_maskgen_label_map_with_non_integer_values_is_refused_naming_it(tmp_path
 def test_fewshot_split_with_a_support_volume_in_the_test_set_is_refused(tmp_path):
     import json
 
-    from components.fewshot.tasks import load_split
+    from components.data.splits import load_split
     from components.io.errors import VolumeError
 
     one = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}

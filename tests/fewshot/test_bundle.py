@@ -92,9 +92,9 @@ def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: P
     MNI152 at 3 mm is 51 x 63 x 53 voxels, smaller than the 64^3 window in every dim: padding (the volume's
     minimum, not 0) and blending (sigmoid per window) must be the sweep's for the maps to agree.
     """
+    from components.data.classes import parse_classes
     from components.fewshot.evaluate import evaluate
     from components.fewshot.sweep import _fixed_class_predictor
-    from components.fewshot.tasks import parse_classes
     from tests.serve._live import bundle_run
 
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())

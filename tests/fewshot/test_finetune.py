@@ -9,8 +9,9 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from components.data.classes import parse_classes
+from components.data.splits import load_split
 from components.fewshot.evaluate import evaluate
-from components.fewshot.tasks import load_split, parse_classes
 from components.network.nets import FixedClassNet
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from components.data.classes import parse_classes
+from components.data.splits import load_split, sample_support
 from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
-from components.fewshot.tasks import (
-    EmptyReferenceError,
-    encode_support,
-    load_or_encode_task,
-    load_split,
-    parse_classes,
-    sample_support,
-)
+from components.inference.support import EmptyReferenceError, encode_support, load_or_encode_task
 from components.io.errors import VolumeError
 
 SPACING = (3.0, 3.0, 3.0)
@@ -101,7 +96,7 @@ def test_missing_label_file_is_a_clear_error(demo_data: Path, tmp_path: Path) ->
 
 
 def test_patient_level_split_is_fixed_in_a_file(demo_data: Path, tmp_path: Path) -> None:
-    from components.fewshot.tasks import make_split
+    from components.data.splits import make_split
 
     data = [
         dict(_pair(demo_data, "colin27"), patient="A"),

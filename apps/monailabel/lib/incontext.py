@@ -31,8 +31,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
 
+from components.data.classes import FewShotClass
 from components.data.loading import LoadVolumed
-from components.fewshot.tasks import FewShotClass, encode_support
+from components.inference.support import encode_support
 from components.network.release_checkpoint import preset_of_checkpoint
 
 logger = logging.getLogger(__name__)
