@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import torch
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is the script folder)
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 def main(
@@ -58,8 +56,9 @@ def main(
     """Ladder R1, R2, then R3 (held-out Dice curve and throughput); write ``out`` (JSON) and return it."""
     import tempfile
 
-    import learning_ladder
     import pretrain_experiment as exp
+
+    from scripts import learning_ladder
 
     shared = REPO.parent / "shared" / "data"
     data = Path(data_dir) if data_dir else (shared if shared.is_dir() else REPO / "data" / "demo")

@@ -35,7 +35,6 @@ from typing import Any
 import fire
 import numpy as np
 import torch
-from feature_pca import picture as pca_picture
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from torch.utils.data import default_collate
@@ -43,6 +42,7 @@ from torch.utils.data import default_collate
 from components.data.loading import load_volume
 from components.io.maskset import write_maskset
 from components.maskgen.sources import masks_from_labels
+from scripts.feature_pca import picture as pca_picture
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mass_pretrain"

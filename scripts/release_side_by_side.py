@@ -43,7 +43,8 @@ from typing import Any
 import fire
 import numpy as np
 import torch
-from learning_ladder import DEMO, TRAIN_VOLUMES, channel_scores, plot
+
+from scripts.learning_ladder import DEMO, TRAIN_VOLUMES, channel_scores, plot
 
 PINNED_MEMORY_SHIM = "import torch\ntorch.Tensor.pin_memory = lambda self, *a, **k: self\n"
 

@@ -7,7 +7,6 @@ batch; every quantity must stay within the bounds of the issue (5-10x the releas
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -49,10 +48,9 @@ def test_bundle_training_step_and_inference_conform_to_the_release(shared_dir):
 
 
 def _script_module():
-    spec = importlib.util.spec_from_file_location("conformance_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests._scripts import load_script
+
+    return load_script("conformance")
 
 
 def test_every_bound_is_enforced_and_a_bad_folder_is_refused(tmp_path):
