@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests._bundles import REPO
+
+REPO_ROOT = REPO
 SHARED_DIR = Path(os.environ.get("MASS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._bundles import REPO
+
 SCHEMA = Path(__file__).resolve().parent / "resources" / "meta_schema_20240725.json"  # vendored zoo schema
 BUNDLES = ["mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._bundles import REPO
 
 
 def test_every_picture_linked_by_a_committed_report_is_committed():

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests._bundles import REPO
 from tests._scripts import load_script
 from tests.pretrain._util import masksets_from_labels, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe")
 NOT_NEEDED = {  # subpackages an export must not carry
     "mass_maskgen": ("network", "pretrain", "fewshot", "probe", "inference"),

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from components.io.maskset import write_maskset
+from tests._bundles import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
 

@@ -8,12 +8,10 @@ import logging
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from components.pretrain.engine import latest_checkpoint, resume_checkpoint
-from tests.pretrain._util import BUNDLE, masksets_from_labels, tiny_overrides
-
-TRAIN = str(BUNDLE / "configs" / "train.json")
+from tests._bundles import bundle_workflow
+from tests.pretrain._util import masksets_from_labels, tiny_overrides
 
 
 def _sha(p) -> str:
@@ -22,22 +20,16 @@ def _sha(p) -> str:
 
 def _first_epoch(tmp_path, mask_dir) -> None:
     """Epoch 1 of a 2-epoch run, then stop (as a kill after the epoch's checkpoint would)."""
-    wf = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1))
+    wf = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1),
+    )
     trainer = wf.parser.get_parsed_content("train#trainer")
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())
     wf.run()
-
-
-def _workflow(overrides: dict) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=TRAIN,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="train",
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,13 @@ def test_resume_restores_best_metric_and_never_replaces_a_better_model(tmp_path,
     # pretend the epoch-1 model scored higher than any Dice can: a resumed epoch must not beat it
     state["best_metric"]["saved"] = [[2.0, name]]
     torch.save(state, ckpt)
-    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True),
+    )
     resumed.run()
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
     assert _sha(best) == before
@@ -70,7 +68,13 @@ def test_checkpoint_without_best_metric_still_resumes(tmp_path, mask_dir, one_th
     state = torch.load(ckpt, weights_only=True)
     del state["best_metric"]  # as written before the tracker was saved
     torch.save(state, ckpt)
-    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True),
+    )
     resumed.run()
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
 
@@ -91,7 +95,13 @@ def test_resume_skips_a_broken_newest_checkpoint_naming_it(tmp_path, mask_dir, o
     finally:
         logging.getLogger("mass.checks").removeHandler(handler)
     assert any("checkpoint_epoch=2.pt" in r.getMessage() and "skipping" in r.getMessage() for r in records)
-    resumed = _workflow(tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True))
+    resumed = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=1, resume=True),
+    )
     resumed.run()
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
 

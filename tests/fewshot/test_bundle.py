@@ -9,23 +9,12 @@ import jsonschema
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from components.network.nets import FixedClassNet
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
-
-
-def _workflow(name: str | list[str], kind: str, **overrides) -> ConfigWorkflow:
-    cfg = BUNDLE / "configs"
-    return ConfigWorkflow(
-        config_file=[str(cfg / n) for n in ([name] if isinstance(name, str) else name)],
-        meta_file=str(cfg / "metadata.json"),
-        logging_file=str(cfg / "logging.conf"),
-        workflow_type=kind,
-        bundle_root=str(BUNDLE),
-        **overrides,
-    )
+BUNDLE = bundle_dir("mass_fewshot")
 
 
 def test_inference_writes_label_map_aligned_with_input(demo_data: Path, tmp_path: Path) -> None:
@@ -35,7 +24,8 @@ def test_inference_writes_label_map_aligned_with_input(demo_data: Path, tmp_path
     ckpt = tmp_path / "model.pt"
     torch.save(FixedClassNet("tiny", num_classes=len(names)).state_dict(), ckpt)
     # the ITK T1 is LSA at 2x2x3 mm: the output must come back on exactly that grid
-    wf = _workflow(
+    wf = bundle_workflow(
+        "mass_fewshot",
         "inference.json",
         "infer",
         ckpt_path=str(ckpt),
@@ -71,7 +61,8 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
         parser.read_config(str(BUNDLE / "configs" / name))
         assert parser.get_parsed_content("class_names") == names, name
         assert parser.get_parsed_content("classes") == {n: [i + 1] for i, n in enumerate(names)}, name
-    wf = _workflow(  # the demo override gives the split and the classes (the defaults read /workspace/data)
+    wf = bundle_workflow(
+        "mass_fewshot",  # the demo override gives the split and the classes (the defaults read /workspace/data)
         ["train.json", "demo.json"],
         "train",
         output_dir=str(tmp_path),

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from components.data.classes import parse_classes
 from components.data.splits import load_split
 from components.fewshot.evaluate import evaluate
 from components.network.nets import FixedClassNet
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
+BUNDLE = bundle_dir("mass_fewshot")
 CLASSES = {"lateral_ventricles": [4, 43], "cerebellum_cortex": [8, 47]}
 SPACING, ROI = [3.0, 3.0, 3.0], [64, 64, 64]
 
@@ -28,10 +28,10 @@ def test_finetuning_raises_training_volume_dice(demo_data: Path, tmp_path: Path)
     mni = {"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}
     split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [mni]}))  # a test case must be unseen
     out = tmp_path / "ft"
-    wf = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs/train.json"),
-        workflow_type="train",
-        bundle_root=str(BUNDLE),
+    wf = bundle_workflow(
+        "mass_fewshot",
+        "train.json",
+        "train",
         split_file=str(split),
         classes=CLASSES,
         preset="tiny",
@@ -70,10 +70,10 @@ def test_finetuning_evaluates_and_saves_the_ema_weights(demo_data: Path, tmp_pat
     mni = {"image": str(demo_data / "mni152_t1.nii.gz"), "label": str(demo_data / "mni152_seg.nii.gz")}
     split.write_text(json.dumps({"train": [colin], "val": [colin], "test": [mni]}))  # a test case must be unseen
     out = tmp_path / "ft"
-    wf = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs/train.json"),
-        workflow_type="train",
-        bundle_root=str(BUNDLE),
+    wf = bundle_workflow(
+        "mass_fewshot",
+        "train.json",
+        "train",
         split_file=str(split),
         classes=CLASSES,
         preset="tiny",

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor
 from monai.metrics import HausdorffDistanceMetric
 
 from components.fewshot.evaluate import HausdorffDistanceMM
 from components.network.nets import FixedClassNet
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_fewshot"
+BUNDLE = bundle_dir("mass_fewshot")
 
 
 def _case(spacing: tuple[float, float, float], shift: int) -> tuple[MetaTensor, MetaTensor]:
@@ -62,12 +62,10 @@ def test_evaluate_workflow_reports_hd95_in_mm(demo_data: Path, tmp_path: Path) -
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     torch.save(FixedClassNet("tiny", num_classes=len(cfg["classes"])).state_dict(), ckpt)
-    wf = ConfigWorkflow(
-        config_file=[str(BUNDLE / "configs/evaluate.json"), str(BUNDLE / "configs/demo.json")],
-        meta_file=str(BUNDLE / "configs/metadata.json"),
-        logging_file=str(BUNDLE / "configs/logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE),
+    wf = bundle_workflow(
+        "mass_fewshot",
+        ["evaluate.json", "demo.json"],
+        "infer",
         ckpt_path=str(ckpt),
         output_dir=str(tmp_path / "eval"),
         dataset_dir=str(demo_data),

@@ -15,8 +15,9 @@ import pytest
 from monai.bundle import run
 
 from components.io.maskset import MaskSet
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_maskgen"
+BUNDLE = bundle_dir("mass_maskgen")
 CONFIG = BUNDLE / "configs" / "inference.json"
 SMALL = {"slic_n_segments": [8, 30], "min_voxels": 20, "reference_spacing": [6.0, 6.0, 6.0]}
 
@@ -148,8 +149,6 @@ def test_resume_after_crash_mid_volume(tiny_dir, tmp_path):
 
 
 def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
-    from monai.bundle import ConfigWorkflow
-
     mri = shared_data / "mri"
     datalist = tmp_path / "datalist.json"
     datalist.write_text(
@@ -163,10 +162,10 @@ def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
         )
     )
     out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        config_file=str(CONFIG),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE),
+    wf = bundle_workflow(
+        "mass_maskgen",
+        "inference.json",
+        "infer",
         dataset_dir=str(tmp_path),
         output_dir=str(out),
         source="labelmap",
@@ -179,10 +178,10 @@ def test_config_properties_labelmap_source_and_shards(shared_data, tmp_path):
         wf.run()
     fails = json.loads((out / "failures_shard1of2.json").read_text())
     assert len(fails) == 1 and "missing_t1.nii.gz: file does not exist" in fails[0]["reason"]
-    wf0 = ConfigWorkflow(
-        config_file=str(CONFIG),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE),
+    wf0 = bundle_workflow(
+        "mass_maskgen",
+        "inference.json",
+        "infer",
         dataset_dir=str(tmp_path),
         output_dir=str(out),
         source="labelmap",

@@ -10,8 +10,8 @@ import numpy as np
 
 from components.data.loading import load_volume
 from components.io.maskset import write_maskset
+from tests._bundles import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "mass_pretrain"
 DEMO = REPO / "data" / "demo"
 

@@ -14,22 +14,10 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from components.pretrain.engine import NonFiniteLossError, latest_checkpoint
+from tests._bundles import bundle_workflow
 from tests.pretrain._util import BUNDLE, REPO, masksets_from_labels, tiny_overrides
 
 torch.set_num_threads(1)
-TRAIN = str(BUNDLE / "configs" / "train.json")
-
-
-def _workflow(overrides: dict, config_file=TRAIN) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="train",
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 def _record_losses(wf: ConfigWorkflow) -> dict[int, float]:
@@ -50,7 +38,7 @@ def mask_dir(tmp_path_factory):
 
 
 def test_check_properties_clean_and_metadata_valid(shared_dir, tmp_path, mask_dir):
-    wf = _workflow(tiny_overrides(tmp_path, mask_dir))
+    wf = bundle_workflow("mass_pretrain", "train.json", "train", initialize=True, **tiny_overrides(tmp_path, mask_dir))
     assert not wf.check_properties()
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     schema = json.loads((shared_dir / "schema" / "meta_schema_20240725.json").read_text())
@@ -69,12 +57,16 @@ def test_check_properties_clean_and_metadata_valid(shared_dir, tmp_path, mask_di
 
 
 def test_resume_after_kill_reproduces_next_step_loss(tmp_path, mask_dir):
-    full = _workflow(tiny_overrides(tmp_path / "full", mask_dir))
+    full = bundle_workflow(
+        "mass_pretrain", "train.json", "train", initialize=True, **tiny_overrides(tmp_path / "full", mask_dir)
+    )
     ref = _record_losses(full)
     full.run()
     assert sorted(ref) == [1, 2, 3, 4]
 
-    killed = _workflow(tiny_overrides(tmp_path / "killed", mask_dir))
+    killed = bundle_workflow(
+        "mass_pretrain", "train.json", "train", initialize=True, **tiny_overrides(tmp_path / "killed", mask_dir)
+    )
     first = _record_losses(killed)
     trainer = killed.parser.get_parsed_content("train#trainer")
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())  # "killed" after epoch 1
@@ -89,7 +81,13 @@ def test_resume_after_kill_reproduces_next_step_loss(tmp_path, mask_dir):
     k = next(n for n, v in state["model"].items() if v.is_floating_point() and "task_prior" not in n)
     assert not torch.equal(state["model"][k], state["ema_model"][k])
 
-    resumed = _workflow(tiny_overrides(tmp_path / "killed", mask_dir, resume=True))
+    resumed = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path / "killed", mask_dir, resume=True),
+    )
     after = _record_losses(resumed)
     resumed.run()
     assert sorted(after) == [3, 4]
@@ -98,7 +96,7 @@ def test_resume_after_kill_reproduces_next_step_loss(tmp_path, mask_dir):
 
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path, mask_dir):
-    wf = _workflow(tiny_overrides(tmp_path, mask_dir))
+    wf = bundle_workflow("mass_pretrain", "train.json", "train", initialize=True, **tiny_overrides(tmp_path, mask_dir))
     trainer = wf.parser.get_parsed_content("train#trainer")
     real = trainer.loss_function
 
@@ -128,7 +126,7 @@ def test_two_process_gloo_run_trains_ranks_on_different_data(tmp_path, mask_dir)
     args = []
     for k, v in ov.items():
         args += [f"--{k}", repr(v) if not isinstance(v, str) else v]
-    cfg = json.dumps([TRAIN, str(BUNDLE / "configs" / "multi_gpu_train.json")])
+    cfg = json.dumps([str(BUNDLE / "configs" / n) for n in ("train.json", "multi_gpu_train.json")])
     cmd = [
         sys.executable,
         "-m",
@@ -167,12 +165,11 @@ def test_inference_writes_label_map_on_the_query_grid(tmp_path):
     net = build_network("tiny")
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict(), "ema_model": net.state_dict()}, ckpt)
-    infer = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "demo.json")]  # demo query/ref
-    wf = ConfigWorkflow(
-        config_file=infer,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        workflow_type="infer",
-        bundle_root=str(BUNDLE),
+    infer = ["inference.json", "demo.json"]  # demo query/ref
+    wf = bundle_workflow(
+        "mass_pretrain",
+        infer,
+        "infer",
         checkpoint=str(ckpt),
         preset="tiny",
         spacing=[4.0, 4.0, 4.0],
@@ -195,7 +192,13 @@ def test_warm_start_loads_our_checkpoint_into_network_and_ema(tmp_path, mask_dir
     torch.manual_seed(3)
     raw, ema = build_network("tiny").state_dict(), build_network("tiny").state_dict()
     torch.save({"model": raw, "ema_model": ema}, tmp_path / "ours.pt")
-    wf = _workflow(tiny_overrides(tmp_path, mask_dir, warm_start=str(tmp_path / "ours.pt")))
+    wf = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, warm_start=str(tmp_path / "ours.pt")),
+    )
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen = {}
 
@@ -215,7 +218,13 @@ def test_mlflow_tracking_settings_log_params_metrics_and_artifacts(tmp_path, mas
     import sqlite3
 
     settings = str(BUNDLE / "configs" / "mlflow.json")  # --tracking configs/mlflow.json
-    wf = _workflow(dict(tiny_overrides(tmp_path, mask_dir, max_epochs=1), run_name="pretrain_test", tracking=settings))
+    wf = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **dict(tiny_overrides(tmp_path, mask_dir, max_epochs=1), run_name="pretrain_test", tracking=settings),
+    )
     wf.run()
     wf.finalize()
     con = sqlite3.connect(tmp_path / "eval" / "mlruns.db")
@@ -241,7 +250,13 @@ def test_label_validation_segments_the_whole_query_volume(tmp_path, mask_dir):
         "modality": "MR",
     }
     spacing = [6.0, 6.0, 6.0]
-    wf = _workflow(tiny_overrides(tmp_path, mask_dir, val_label_pairs=[pair], spacing=spacing))
+    wf = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
+        initialize=True,
+        **tiny_overrides(tmp_path, mask_dir, val_label_pairs=[pair], spacing=spacing),
+    )
     ds = wf.parser.get_parsed_content("validate#label_dataset")
     assert isinstance(ds, LabelPairDataset) and len(ds) == 1
     whole = tuple(load_volume(pair["image"], spacing=spacing).shape[1:])

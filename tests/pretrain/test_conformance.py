@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests._bundles import REPO
+
 SCRIPT = REPO / "scripts" / "conformance.py"
 
 

@@ -10,11 +10,11 @@ import copy
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from components.network.nets import build_network
 from components.network.release_checkpoint import load_release_checkpoint
-from tests.pretrain._util import BUNDLE, masksets_from_labels, tiny_overrides
+from tests._bundles import bundle_workflow
+from tests.pretrain._util import masksets_from_labels, tiny_overrides
 
 torch.set_num_threads(1)
 
@@ -25,10 +25,10 @@ def mask_dir(tmp_path_factory):
 
 
 def test_ema_handler_follows_the_update_rule_bitwise_and_saves_plain_state_dict(tmp_path, mask_dir):
-    wf = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / "train.json"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        workflow_type="train",
+    wf = bundle_workflow(
+        "mass_pretrain",
+        "train.json",
+        "train",
         **tiny_overrides(tmp_path, mask_dir, max_epochs=2, iters_per_epoch=2, ema_decay=0.99),
     )
     wf.initialize()

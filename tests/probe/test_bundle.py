@@ -13,8 +13,9 @@ import torch
 from components.probe.features import build_encoder
 from components.probe.proxy import build_proxy_task
 from components.probe.sweep import run_bundle
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_probe"
+BUNDLE = bundle_dir("mass_probe")
 CONFIGS = BUNDLE / "configs"
 CLASSES = ["ventricles", "thalamus", "cerebellum", "brain_stem"]
 
@@ -61,19 +62,6 @@ def _overrides(datalist: Path, out: Path, **extra) -> dict:
     }
 
 
-def _workflow(config, workflow_type: str, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(
-        config_file=config,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(BUNDLE),
-        **overrides,
-    )
-
-
 def test_proxy_task_files(task):
     rows = list(csv.DictReader(task.open()))
     assert {r["label"] for r in rows} == set(CLASSES)
@@ -89,7 +77,7 @@ def test_proxy_task_files(task):
 
 def test_frozen_probe_learns_and_keeps_the_encoder_bitwise(task, tmp_path):
     out = tmp_path / "frozen"
-    wf = _workflow(str(CONFIGS / "train.json"), "train", **_overrides(task, out))
+    wf = bundle_workflow("mass_probe", "train.json", "train", **_overrides(task, out))
     wf.initialize()
     assert wf.check_properties() == []
     encoder = wf.parser.get_parsed_content("network").encoder
@@ -109,8 +97,9 @@ def test_frozen_probe_learns_and_keeps_the_encoder_bitwise(task, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4 * (8 + 6)  # features computed once, on disk
 
     # evaluate.json (test split, images through the full network) and inference.json (image -> probabilities)
-    ev = _workflow(
-        [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+    ev = bundle_workflow(
+        "mass_probe",
+        ["train.json", "evaluate.json"],
         "infer",
         **_overrides(task, out, output_dir=str(out / "eval")),
     )
@@ -121,8 +110,9 @@ def test_frozen_probe_learns_and_keeps_the_encoder_bitwise(task, tmp_path):
     metrics = dict(csv.reader((out / "eval" / "metrics.csv").open()))
     assert 0.0 <= float(metrics["val_mean_auc"]) <= 1.0 and "val_auc_thalamus" in metrics
     crops = sorted((task.parent / "crops").glob("mni152*"))[:3]
-    inf = _workflow(
-        str(CONFIGS / "inference.json"),
+    inf = bundle_workflow(
+        "mass_probe",
+        "inference.json",
         "infer",
         preset="tiny",
         spacing=[2.0, 2.0, 2.0],
@@ -165,8 +155,9 @@ def test_scratch_baseline_trains_the_encoder_from_random_init(task, tmp_path):
     pretrained = tmp_path / "pre.pt"
     torch.save({"model": {f"encoder.{k}": v for k, v in build_encoder("tiny").state_dict().items()}}, pretrained)
     out = tmp_path / "scratch"
-    wf = _workflow(
-        str(CONFIGS / "train.json"),
+    wf = bundle_workflow(
+        "mass_probe",
+        "train.json",
         "train",
         **_overrides(
             task,

@@ -11,8 +11,9 @@ import pytest
 from components.io.errors import RunFailedError
 from components.probe.proxy import build_proxy_task
 from components.tracking.store import tracking_client
+from tests._bundles import bundle_dir, bundle_workflow
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mass_probe"
+BUNDLE = bundle_dir("mass_probe")
 CONFIGS = BUNDLE / "configs"
 CLASSES = ["ventricles", "thalamus", "cerebellum", "brain_stem"]
 
@@ -36,8 +37,6 @@ def task(tmp_path_factory, demo_data) -> Path:
 
 def _sweep(task: Path, out: Path, **overrides) -> dict:
     """``python -m monai.bundle run --config_file configs/sweep.json ...`` in this process; its status."""
-    from monai.bundle import ConfigWorkflow
-
     settings = {
         "dataset_dir": str(task),
         "output_dir": str(out),
@@ -53,12 +52,10 @@ def _sweep(task: Path, out: Path, **overrides) -> dict:
         "trained_max_epochs": 1,
         **overrides,
     }
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "sweep.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(BUNDLE),
+    wf = bundle_workflow(
+        "mass_probe",
+        "sweep.json",
+        "train",
         **settings,
     )
     wf.initialize()

@@ -18,7 +18,8 @@ import numpy as np
 import requests
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests._bundles import REPO
+
 DEMO = REPO / "data" / "demo"
 CLASS_NAMES: list[str] = json.loads((REPO / "bundles/mass_fewshot/configs/inference.json").read_text())["class_names"]
 

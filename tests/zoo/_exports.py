@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from tests._bundles import REPO
 from tests._scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "tests" / "resources" / "meta_schema_20240725.json"
 BUNDLES = ("mass_maskgen", "mass_pretrain", "mass_fewshot", "mass_probe")
 WITH_WEIGHTS = ("mass_pretrain", "mass_fewshot", "mass_probe")  # maskgen has no network weights of its own
