@@ -42,6 +42,7 @@ def _on_input_grid(data: bytes, tmp: Path, n_classes: int) -> np.ndarray:
     assert out.shape == ref.shape
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-4)
     values = np.asarray(out.dataobj)
+    assert out.get_data_dtype() == np.uint8, out.get_data_dtype()  # a label map, as metadata.json says (not float32)
     assert set(np.unique(values).tolist()) <= set(range(n_classes + 1))
     return values
 

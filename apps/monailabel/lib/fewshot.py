@@ -24,7 +24,13 @@ from monai.bundle import ckpt_export
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from lib.output import LabelMapWriter
+
 logger = logging.getLogger(__name__)
+
+
+class FewShotInferTask(LabelMapWriter, BundleInferTask):
+    """MONAI Label's ``BundleInferTask`` writing uint8 label maps."""
 
 
 def fewshot_infer_task(bundle: str, conf: dict[str, str]) -> BundleInferTask:
@@ -33,7 +39,7 @@ def fewshot_infer_task(bundle: str, conf: dict[str, str]) -> BundleInferTask:
     Label names and values come from ``post_processed_outputs`` (0 background, 1..N): the network's own
     ``outputs`` are its N logit channels, which MONAI Label would otherwise take for label values 0..N-1.
     """
-    task = BundleInferTask(bundle, conf, type="segmentation", load_strict=True)
+    task = FewShotInferTask(bundle, conf, type="segmentation", load_strict=True)
     meta = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
     pred = meta["network_data_format"].get("post_processed_outputs", {}).get("pred", {})
     labels = {str(v).lower(): int(k) for k, v in pred.get("channel_def", {}).items() if str(v).lower() != "background"}

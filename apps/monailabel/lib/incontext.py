@@ -35,6 +35,7 @@ from components.data.classes import FewShotClass
 from components.data.loading import LoadVolumed
 from components.inference.support import encode_support
 from components.network.release_checkpoint import preset_of_checkpoint
+from lib.output import LabelMapWriter
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=message)
 
 
-class InContextInferTask(BasicInferTask):
+class InContextInferTask(LabelMapWriter, BasicInferTask):
     """MONAI Label infer task: segment ``image`` in context from labelled reference volumes.
 
     Args:
