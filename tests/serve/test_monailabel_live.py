@@ -131,6 +131,7 @@ def test_train_one_epoch_writes_a_model(server: Server, fewshot_export: Path, bu
         save_label(server, case, bundle_labels[case])
     model, scripted = fewshot_export / "models" / "model.pt", fewshot_export / "models" / "model.ts"
     before = model.stat().st_mtime_ns
+    outside_models = {p for p in fewshot_export.rglob("*") if "models" not in p.relative_to(fewshot_export).parts}
     r = requests.post(
         server.url + "/train/mass_fewshot",
         params={"run_sync": "true"},
@@ -139,6 +140,17 @@ def test_train_one_epoch_writes_a_model(server: Server, fewshot_export: Path, bu
     )
     assert r.status_code == 200, r.text[:2000] + server.tail()
     assert model.stat().st_mtime_ns > before, server.tail(120)
+    reply = r.json()  # what was trained, not {}
+    assert reply["epochs"] == 1 and 0.0 <= reply["best_val_mean_dice"] <= 1.0, reply
+    import hashlib
+
+    digest = {f"models/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in (model, scripted)}
+    assert {k: reply["files"][k] for k in digest} == digest
+    listing = (fewshot_export / "large_files.yml").read_text()  # the zoo's hashes stay true
+    assert all(h in listing for h in digest.values()), listing
+    assert scripted.stat().st_mode & 0o777 == model.stat().st_mode & 0o777  # at the umask, not 0600
+    after = {p for p in fewshot_export.rglob("*") if "models" not in p.relative_to(fewshot_export).parts}
+    assert after == outside_models, sorted(map(str, after - outside_models))  # nothing written beside models/
     from components.network.nets import FixedClassNet
 
     state = torch.load(model, map_location="cpu", weights_only=True)

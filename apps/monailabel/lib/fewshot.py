@@ -66,9 +66,43 @@ class FewShotTrainTask(BundleTrainTask):
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         if not self._fetch_datalist(request, datastore):
             raise ValueError("no labelled volume in the datastore: save a label (values 1..N of /info) first")
+        self._trained: dict[str, Any] = {}
         result = super().__call__(request, datastore)
         self.refresh_torchscript()
-        return result
+        files = refresh_large_files(self.bundle_path)
+        return {**(result or {}), **self._trained, "output_dir": self.output_dir, "files": files}
+
+    @property
+    def output_dir(self) -> str:
+        """Where training writes what is not a model (its initial task, logs): outside the bundle, in the
+        MONAI Label app's ``model/`` folder, so the bundle holds only its configs and ``models/``."""
+        from monailabel.config import settings
+
+        base = settings.MONAI_LABEL_APP_DIR or tempfile.gettempdir()
+        return os.path.join(base, "model", f"{os.path.basename(os.path.normpath(self.bundle_path))}_train")
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        """The bundle's ``train.json`` run as ``monai.bundle run`` does, keeping what was trained for the reply."""
+        from monai.bundle import ConfigWorkflow
+
+        wf = ConfigWorkflow(
+            config_file=self.bundle_config_path,
+            meta_file=self.bundle_metadata_path,
+            workflow_type="train",
+            **overrides,
+        )
+        wf.initialize()
+        wf.run()
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        evaluator = wf.parser.get_parsed_content("validate#evaluator")
+        best = getattr(evaluator.state, "best_metric", None)
+        self._trained = {
+            "epochs": int(trainer.state.epoch),
+            "iterations": int(trainer.state.iteration),
+            "best_val_mean_dice": None if best is None or best == -1 else float(best),
+            "best_epoch": int(getattr(evaluator.state, "best_metric_epoch", -1)),
+        }
+        wf.finalize()
 
     def refresh_torchscript(self) -> None:
         """MONAI's ``ckpt_export`` of inference.json's ``network_def`` with the trained ``model.pt`` (if ``model.ts`` is shipped)."""
@@ -88,6 +122,9 @@ class FewShotTrainTask(BundleTrainTask):
                 config_file=os.path.join(configs, "inference.json"),
                 bundle_root=self.bundle_path,
             )
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as model.pt, not mkstemp's 0600
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -100,4 +137,32 @@ class FewShotTrainTask(BundleTrainTask):
         overrides["support"] = list(train)  # class embeddings from the datastore's labels
         overrides["split"] = {"train": list(train), "val": list(val), "test": [], "val_is_train": val == train}
         overrides["shots"] = len(train)
+        overrides["output_dir"] = self.output_dir  # nothing but models/ is written inside the bundle
         return overrides
+
+
+def refresh_large_files(bundle: str) -> dict[str, str]:
+    """``{models/<file>: sha256}`` of the bundle's model files, written into its ``large_files.yml`` (if it
+    has one) so the hashes stay true after training replaced ``model.pt`` / ``model.ts``."""
+    import hashlib
+    import re
+
+    models = Path(bundle) / "models"
+    hashes: dict[str, str] = {}
+    for p in sorted(models.glob("*")) if models.is_dir() else []:
+        if p.is_file() and not p.name.startswith("."):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            hashes[f"models/{p.name}"] = h.hexdigest()
+    listing = Path(bundle) / "large_files.yml"
+    if listing.is_file():
+        text = listing.read_text()
+        for rel, digest in hashes.items():
+            pattern = rf'(path: "{re.escape(rel)}"\n(?:\s+\w+: [^\n]*\n)*?\s+hash_val: ")[0-9a-f]*(")'
+            text = re.sub(pattern, rf"\g<1>{digest}\g<2>", text)
+        tmp = listing.with_name(".large_files.yml.partial")
+        tmp.write_text(text)
+        os.replace(tmp, listing)
+    return hashes
