@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,9 +31,12 @@ __all__ = [
     "MODALITIES",
     "guess_modality",
     "resolve_modality",
+    "modality_mismatch",
     "ModalityNormalize",
     "ModalityNormalized",
 ]
+
+logger = logging.getLogger("mass.data")
 
 #: HU window of the CT clip (the release's pretraining recipe)
 CT_WINDOW: tuple[float, float] = (-991.0, 500.0)
@@ -47,6 +51,25 @@ MODALITIES = ("CT", "MR", "MRI", "PET")
 def guess_modality(image: Any) -> str:
     """``"CT"`` when the volume holds Hounsfield-like air values (min <= -500), else ``"MR"``."""
     return "CT" if float(torch.as_tensor(image).min()) <= CT_AIR_HU else "MR"
+
+
+def modality_mismatch(modality: str, image: Any) -> str | None:
+    """A one-line warning when ``image``'s intensities do not fit ``modality`` (by its air values: CT
+    holds values <= :data:`CT_AIR_HU`, MR and PET do not), else ``None``."""
+    looks = guess_modality(image)
+    name = "CT" if modality.upper() == "CT" else "MR"
+    if looks == name:
+        return None
+    source = getattr(image, "meta", {}).get("filename_or_obj", "image") if hasattr(image, "meta") else "image"
+    low = float(torch.as_tensor(image).min())
+    if name == "MR":
+        why = f"minimum {low:.0f} <= {CT_AIR_HU:.0f}: Hounsfield air, a CT"
+    else:
+        why = f"no value <= {CT_AIR_HU:.0f} (minimum {low:.0f}): no Hounsfield air, not a CT"
+    return (
+        f"{source}: intensities do not fit modality {modality.upper()} ({why}); normalised as "
+        f"{modality.upper()} anyway: check the input or the modality setting"
+    )
 
 
 def resolve_modality(modality: str | None, image: Any = None) -> str:
@@ -88,8 +111,18 @@ class ModalityNormalize(Transform):
         self.zscore = NormalizeIntensity()
 
     def __call__(self, img: Any, modality: str | None = None) -> torch.Tensor:
-        """``img [C, X, Y, Z]`` -> normalised float32 tensor; ``modality`` overrides the constructor's."""
-        name = resolve_modality(modality or self.modality, img)
+        """``img [C, X, Y, Z]`` -> normalised float32 tensor; ``modality`` overrides the constructor's.
+
+        A declared modality the intensities do not fit (a CT with Hounsfield air given to an MR model, an
+        "CT" without any air value) is normalised as declared, with a warning naming the file (logger
+        ``mass.data``): the network would otherwise answer with confident nonsense and no word.
+        """
+        declared = modality or self.modality
+        name = resolve_modality(declared, img)
+        if str(declared).lower() != "auto":
+            mismatch = modality_mismatch(name, img)
+            if mismatch:
+                logger.warning(mismatch)
         clipped = self.ct_clip(img) if name == "CT" else self.mr_clip(img)
         return torch.as_tensor(self.zscore(clipped), dtype=torch.float32)
 

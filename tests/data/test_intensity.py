@@ -64,3 +64,25 @@ def test_unknown_modality_is_rejected():
     with pytest.raises(ValueError, match="unknown modality"):
         ModalityNormalize("T1")
     assert resolve_modality("mri") == "MRI" and resolve_modality(None, x - 1000) == "CT"
+
+
+@pytest.mark.parametrize(
+    ("name", "declared", "warned"),
+    [("head_ct", "MR", "Hounsfield air, a CT"), ("colin27_t1", "CT", "not a CT"), ("colin27_t1", "MR", None)],
+)
+def test_an_input_that_does_not_fit_the_declared_modality_is_named_in_a_warning(
+    demo_data, caplog, name, declared, warned
+):
+    """A CT sent to an MR model (or the reverse) is normalised as declared, with one warning naming the file."""
+    from monai.transforms import Compose
+
+    from components.data.preprocessing import preprocessing
+
+    path = demo_data / f"{name}.nii.gz"
+    with caplog.at_level("WARNING", logger="mass.data"):
+        Compose(preprocessing(["image"], spacing=(4.0, 4.0, 4.0), modality=declared))({"image": str(path)})
+    lines = [r.getMessage() for r in caplog.records if "do not fit modality" in r.getMessage()]
+    if warned is None:
+        assert not lines, lines
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"{path}: ") and warned in lines[0], lines
