@@ -1,6 +1,6 @@
 """MONAI Deploy application for the fixed-class MASS segmenter of ``bundles/mass_fewshot``.
 
-    .venv-serve/bin/python apps/deploy/app.py -i INPUT -o OUTPUT -m BUNDLE
+    .venv-deploy/bin/python apps/deploy/app.py -i INPUT -o OUTPUT -m BUNDLE
 
 ``INPUT`` is a DICOM study folder (one or more series; the MR/CT series are segmented) or a NIfTI file;
 ``BUNDLE`` an exported bundle folder (``scripts/export_bundle.py ... --weights model.pt --torchscript``:

@@ -1,6 +1,6 @@
 """Write a NIfTI volume as a DICOM series (MR Image Storage, one file per slice), to try the Deploy app.
 
-    .venv-serve/bin/python apps/deploy/nifti_to_dicom.py data/demo/mni152_t1.nii.gz /tmp/mni152_dicom
+    .venv-deploy/bin/python apps/deploy/nifti_to_dicom.py data/demo/mni152_t1.nii.gz /tmp/mni152_dicom
 
 Voxel ``[i, j, k]`` becomes pixel (row ``j``, column ``i``) of slice ``k``; positions and orientation come
 from the NIfTI affine (RAS) turned into DICOM's LPS, so a reader that honours ImagePositionPatient and

@@ -1,12 +1,15 @@
 """MONAI Label app for the MASS bundles.
 
-    .venv-serve/bin/monailabel start_server --app apps/monailabel --studies STUDIES \\
+    PATH=$PWD/.venv-serve/bin:$PATH monailabel start_server --app apps/monailabel --studies STUDIES \\
         --conf bundle bundles/mass_fewshot --conf incontext_checkpoint PATH/model.pt
+
+(from the repository root; ``monailabel`` starts the app with the ``python`` first on ``PATH``, so the serving
+environment must come first there: calling ``.venv-serve/bin/monailabel`` alone runs the system python).
 
 Models (``/info``):
 
 * ``mass_fewshot`` — the finetuned fixed-class segmenter of ``bundles/mass_fewshot`` (``configs/inference.json``,
-  ``models/model.pt`` or ``model.ts``); label values 1..N as the bundle's ``channel_def``. ``/train/mass_fewshot``
+  ``models/model.pt`` or ``model.ts``); label values 1..N as the bundle's ``post_processed_outputs`` ``channel_def``. ``/train/mass_fewshot``
   finetunes it on the datastore's labelled volumes (``configs/train.json``) and writes ``models/model.pt``.
 * ``mass_incontext`` — "label one, segment all": segments an image in context from the labelled volumes of the
   datastore (``configs/incontext.json``), no training. Needs ``--conf incontext_checkpoint`` (our ``mass_pretrain``
