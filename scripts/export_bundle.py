@@ -171,6 +171,55 @@ def inference_state_dict(path: str | Path) -> dict:
     return read_release_state_dict(path, prefer_ema=True)
 
 
+def adopt_preset(bundle: Path, weights: str | Path) -> str | None:
+    """Write the preset ``weights`` were made with into every exported config that names one (top-level
+    ``"preset"``), so ``network_def`` is the network the weights need; returns it (None: not a MASS network).
+
+    Without this, weights of the ``tiny`` demo exported under a config saying ``"small"`` would fail in
+    ``ckpt_export`` and in every ``monai.bundle run`` of the export.
+    """
+    import re
+
+    from components.network.release_checkpoint import ReleaseCheckpointError, preset_of_checkpoint
+
+    try:
+        found = preset_of_checkpoint(weights, encoder_only=True)
+    except (ReleaseCheckpointError, ValueError, KeyError):
+        return None
+    top_level = re.compile(r'^(    "preset": )"\w+"(,?)$', re.M)  # the config's own key, formatting kept
+    for cfg in sorted((bundle / "configs").glob("*.json")):
+        text = cfg.read_text()
+        new = top_level.sub(rf'\g<1>"{found}"\g<2>', text, count=1)
+        if new != text:
+            cfg.write_text(new)
+    return found
+
+
+def check_weights_load(bundle: Path, weights: str | Path, config: str = "inference.json") -> None:
+    """``ValueError`` naming ``weights`` unless ``models/model.pt`` loads strictly into the exported
+    ``network_def`` of ``config`` (a bundle without that config or id is not checked)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    if not (bundle / "configs" / config).is_file():
+        return
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    if "network_def" not in parser:
+        return
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(
+            f"{weights}: weights do not load into the exported network_def of configs/{config} ({first}); "
+            "export weights of this bundle's network"
+        ) from None
+
+
 def write_torchscript(bundle: Path, config: str = "inference.json") -> Path:
     """``models/model.ts`` of an exported bundle by ``python -m monai.bundle ckpt_export`` (run in the bundle, so
     its own ``components`` are used), checked against the eager network on one window."""
@@ -254,6 +303,8 @@ def export_bundle(
 
         (out / "models").mkdir(exist_ok=True)
         torch.save(inference_state_dict(weights), out / "models" / "model.pt")
+        adopt_preset(out, weights)
+        check_weights_load(out, weights)
     if torchscript:
         write_torchscript(out)
     large = write_large_files(out, weights_url)

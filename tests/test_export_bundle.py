@@ -171,3 +171,31 @@ def test_exported_fewshot_and_probe_inference(exports, demo_data, tmp_path) -> N
     _run(bundle, ["configs/inference.json"], ov, tmp_path)
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 and len(rows[0].split(",")) == 1 + len(classes)
+
+
+def test_demo_weights_of_another_preset_export_under_their_own_preset(tmp_path):
+    """The demo pretrains the ``tiny`` preset while the bundle's configs say ``small``: the export writes the
+    preset the weights need into its configs, so its network_def loads them strictly; weights of another
+    network are refused naming the file."""
+    from monai.bundle import ConfigParser
+
+    from components.network.nets import FixedClassNet, build_network
+
+    tiny = build_network("tiny").state_dict()
+    ckpt = tmp_path / "demo_model.pt"
+    torch.save({"model": tiny, "ema_model": tiny}, ckpt)  # the pretraining bundle's container, as the demo writes
+    out = Path(_exporter().export_bundle("mass_pretrain", str(tmp_path / "b"), weights=str(ckpt))["bundle"])
+    for name in ("inference.json", "train.json"):
+        assert json.loads((out / "configs" / name).read_text())["preset"] == "tiny", name
+    assert (out / "configs" / "inference.json").read_text().count("\n") == (
+        REPO / "bundles" / "mass_pretrain" / "configs" / "inference.json"
+    ).read_text().count("\n")  # only the value changed, not the file's layout
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    parser["bundle_root"] = str(out)
+    parser.get_parsed_content("network_def").load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+
+    other = tmp_path / "fixed_class.pt"
+    torch.save(FixedClassNet("tiny", num_classes=3).state_dict(), other)
+    with pytest.raises(ValueError, match="fixed_class.pt: weights do not load into the exported network_def"):
+        _exporter().export_bundle("mass_pretrain", str(tmp_path / "c"), weights=str(other))
