@@ -54,8 +54,11 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     # label values, MONAI Label's /info labels and train.json's classes share one numbering: 0 background, 1..N
     names = inference["class_names"]
     assert channel_def == {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}}
-    logits = meta["network_data_format"]["outputs"]["pred"]  # the network's N logit channels, one per class
-    assert logits["channel_def"] == {str(i): n for i, n in enumerate(names)} and logits["num_channels"] == len(names)
+    # the network's N logit channels (no background), keyed by the label value each becomes: MONAI Label's
+    # stock bundle apps take these keys as the label values of /info
+    logits = meta["network_data_format"]["outputs"]["pred"]
+    assert logits["channel_def"] == {str(i + 1): n for i, n in enumerate(names)}
+    assert logits["num_channels"] == len(names) == len(logits["channel_def"])
     for name in ("train.json", "evaluate.json", "incontext.json"):
         parser = ConfigParser()
         parser.read_config(str(BUNDLE / "configs" / name))

@@ -70,6 +70,15 @@ def start_monailabel(
     serve_python: Path, root: Path, bundle: Path, incontext_checkpoint: Path, conf: dict[str, str] | None = None
 ) -> Server:
     """MONAI Label (apps/monailabel, a copy under ``root``) on a free port, demo volumes as studies; waits for /info."""
+    conf = {"bundle": str(bundle), "incontext_checkpoint": str(incontext_checkpoint), **(conf or {})}
+    return start_app(serve_python, root, REPO / "apps" / "monailabel", conf)
+
+
+def start_app(
+    serve_python: Path, root: Path, app_src: Path, conf: dict[str, str], models: Path | None = None
+) -> Server:
+    """The MONAI Label app ``app_src`` (copied to ``root/app``; ``models``: bundle folders copied into its
+    ``model/``, as the stock bundle app finds them offline) with the demo volumes as studies; waits for /info."""
     import shutil
 
     studies = root / "studies"
@@ -77,11 +86,12 @@ def start_monailabel(
     for case in ("mni152_t1", "colin27_t1", "itk_t1"):
         shutil.copy(DEMO / f"{case}.nii.gz", studies / f"{case}.nii.gz")
     app = root / "app"
-    shutil.copytree(REPO / "apps" / "monailabel", app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model"))
+    shutil.copytree(app_src, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model"))
+    for bundle in [models] if models else []:
+        shutil.copytree(bundle, app / "model" / bundle.name)
     port = free_port()
     cmd = [str(serve_python.parent / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies)]
-    cmd += ["--conf", "bundle", str(bundle), "--conf", "incontext_checkpoint", str(incontext_checkpoint)]
-    for key, value in (conf or {}).items():
+    for key, value in conf.items():
         cmd += ["--conf", key, value]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     # the monailabel launcher runs `python -m monailabel.main`: the environment's python must come first on PATH

@@ -20,7 +20,7 @@ import pytest
 import requests
 import torch
 
-from tests.serve._live import DEMO, Server, bundle_run, multipart, save_label, start_monailabel
+from tests.serve._live import DEMO, Server, bundle_run, multipart, save_label, start_app, start_monailabel
 
 pytestmark = pytest.mark.timeout(900)
 QUERY = DEMO / "mni152_t1.nii.gz"
@@ -304,3 +304,51 @@ def test_server_paths_only_when_allowed(release_server: Server, tmp_path: Path) 
     assert r.status_code == 200, r.text[:2000] + release_server.tail()
     _refused(requests.post(infer, params={"image": "/etc/passwd"}, timeout=600), 400, "cannot be read as a volume")
     _refused(requests.post(infer, params={"image": str(tmp_path / "missing.nii.gz")}, timeout=600), 404, "missing")
+
+
+@pytest.fixture(scope="module")
+def stock_server(serve_python: Path, fewshot_export: Path, tmp_path_factory):
+    """MONAI Label's own ``monaibundle`` sample app (as installed with MONAI Label) with a copy of our bundle in
+    its ``model/`` folder, offline: what a MONAI user who drops the bundle in gets."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("monaibundle")
+    bundle = root / "mass_fewshot"
+    shutil.copytree(fewshot_export, bundle)  # its own copy: /train writes its models/
+    stock = serve_python.parents[1] / "monailabel" / "sample-apps" / "monaibundle"
+    conf = {"models": "mass_fewshot", "zoo_source": "github", "sam2": "false"}
+    srv = start_app(serve_python, root, stock, conf, models=bundle)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow  # a third server, 4 minutes on 2 cores: outside the default suite's 15-minute budget
+def test_stock_monaibundle_app_infers_and_trains_the_bundle(
+    stock_server: Server, fewshot_export: Path, bundle_labels, class_names, tmp_path: Path
+) -> None:
+    info = requests.get(stock_server.url + "/info/", timeout=60).json()
+    labels = info["models"]["mass_fewshot"]["labels"]
+    assert labels == {n.lower(): i for i, n in enumerate(class_names, start=1)}  # names on their label values
+    r = requests.post(
+        stock_server.url + "/infer/mass_fewshot", params={"image": "mni152_t1", "output": "image"}, timeout=600
+    )
+    assert r.status_code == 200, r.text[:2000] + stock_server.tail()
+    path = tmp_path / "stock.nii.gz"
+    path.write_bytes(r.content)
+    got = np.asarray(nib.load(path).dataobj)
+    expected = bundle_run(fewshot_export, "inference.json", QUERY, tmp_path / "run")
+    assert int((got != np.asarray(nib.load(expected).dataobj)).sum()) == 0  # the same segmenter, voxel for voxel
+    for case in ("colin27_t1", "itk_t1"):
+        save_label(stock_server, case, bundle_labels[case])
+    model = stock_server.log.parent / "app" / "model" / "mass_fewshot" / "models" / "model.pt"
+    before = model.stat().st_mtime_ns
+    r = requests.post(
+        stock_server.url + "/train/mass_fewshot",
+        params={"run_sync": "true"},
+        json={"max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.5},
+        timeout=900,
+    )
+    assert r.status_code == 200, r.text[:2000] + stock_server.tail(120)  # no split file needed
+    assert model.stat().st_mtime_ns > before, stock_server.tail(120)

@@ -132,11 +132,8 @@ class FewShotTrainTask(BundleTrainTask):
         logger.info("models/model.ts exported again from the trained model.pt")
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        train = overrides["train#dataset#data"]
-        val = overrides.get("validate#dataset#data") or list(train)
-        overrides["support"] = list(train)  # class embeddings from the datastore's labels
-        overrides["split"] = {"train": list(train), "val": list(val), "test": [], "val_is_train": val == train}
-        overrides["shots"] = len(train)
+        # train.json starts the class embeddings from train#dataset#data: the datastore's labelled volumes
+        overrides["shots"] = len(overrides["train#dataset#data"])
         overrides["output_dir"] = self.output_dir  # nothing but models/ is written inside the bundle
         return overrides
 
