@@ -261,3 +261,42 @@ def test_sweep_continued_in_a_copied_folder_keeps_its_artifacts_there(tmp_path):
     client2.log_text(new.info.run_id, "y", "result.json")
     written = [p for p in tmp_path.rglob("result.json") if new.info.run_id in str(p)]
     assert len(written) == 1 and (tmp_path / "copy" / "mlruns") in written[0].parents  # was: first/mlruns/...
+
+
+def test_sweep_command_continued_in_a_copied_folder_writes_only_into_the_copy(tmp_path, capsys, monkeypatch, caplog):
+    """The sweep run as users run it, its output folder copied, the sweep continued in the copy with one seed
+    more: the new run's artifacts land under the copy, the original folder is untouched, and a warning says so."""
+    import json
+    import shutil
+
+    from tests.faults._harness import run_bundle, tree_hashes
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    pair = {
+        n: {"image": str(DEMO / f"{n}_t1.nii.gz"), "label": str(DEMO / f"{n}_seg.nii.gz")}
+        for n in ("colin27", "mni152")
+    }
+    (ds / "split.json").write_text(json.dumps({"train": [pair["colin27"]], "test": [pair["mni152"]]}))
+    (ds / "classes.json").write_text(json.dumps({"brain_stem": [16]}))
+
+    def sweep(out, seeds):
+        opts = {"dataset_dir": ds, "output_dir": out, "pretrained": "", "report": "False", "sweep_shots": "[1]"}
+        opts.update(
+            {"sweep_seeds": seeds, "sweep_modes": "['ic']", "spacing": "[6.0,6.0,6.0]", "roi_size": "[32,32,32]"}
+        )
+        return run_bundle(
+            capsys, monkeypatch, "mass_fewshot", "sweep.json", *[x for k, v in opts.items() for x in (f"--{k}", str(v))]
+        )
+
+    first = tmp_path / "first"
+    assert sweep(first, "[0]").code == 0
+    shutil.copytree(first, tmp_path / "copy")
+    before = tree_hashes(first)
+    with caplog.at_level("WARNING", logger="components.tracking.store"):
+        out = sweep(tmp_path / "copy", "[0,1]")
+    assert out.code == 0, out.stderr[-2000:]
+    assert tree_hashes(first) == before  # nothing written into the folder the copy came from
+    new = [p for p in (tmp_path / "copy" / "mlruns").rglob("result.json")]
+    assert len(new) == 2  # the copied run's and the new seed's, both under the copy
+    assert any("a copied store" in r.getMessage() for r in caplog.records) or "a copied store" in out.stderr

@@ -324,7 +324,6 @@ def stock_server(serve_python: Path, fewshot_export: Path, tmp_path_factory):
         srv.stop()
 
 
-@pytest.mark.slow  # a third server, 4 minutes on 2 cores: outside the default suite's 15-minute budget
 def test_stock_monaibundle_app_infers_and_trains_the_bundle(
     stock_server: Server, fewshot_export: Path, bundle_labels, class_names, tmp_path: Path
 ) -> None:
