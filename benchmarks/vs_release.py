@@ -82,6 +82,28 @@ def _peak_mb(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _op_table(fn: Any, top: int = 12) -> list[dict[str, Any]]:
+    """``torch.profiler`` table of one call: the ``top`` ops by self time (ms, calls, share of the total)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiled
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profiled(activities=activities) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "self_ms": round(e.self_cpu_time_total / 1000, 1),
+            "calls": e.count,
+            "share": round(e.self_cpu_time_total / total, 3),
+        }
+        for e in rows
+    ]
+
+
 def worker(
     side: str,
     work: str,
@@ -92,6 +114,7 @@ def worker(
     threads: int,
     release_dir: str = "",
     extra_path: str = "",
+    profile: bool = False,
 ) -> None:
     """One side in its own process; writes ``<work>/<side>.json``."""
     torch.set_num_threads(threads)
@@ -154,6 +177,8 @@ def worker(
             "full_s": _timed(full, reps, cuda),
             "logits_rel_l2_vs_release": rel,
         }
+        if profile:
+            out["profile"] = {"encode": _op_table(encode), "query": _op_table(lambda: query(prior))}
     out["peak_mb"] = _peak_mb(cuda)
     (w / f"{side}.json").write_text(json.dumps(out))
 
@@ -189,8 +214,12 @@ def main(
     reps: int = 3,
     threads: int = 2,
     out: str = "",
+    profile: bool = False,
 ) -> dict[str, Any]:
-    """Run both sides for every preset x window; print the table and write ``out`` (JSON) if given."""
+    """Run both sides for every preset x window; print the table and write ``out`` (JSON) if given.
+
+    ``profile``: also a ``torch.profiler`` table (top ops by self time) of one encode and one query call per
+    side, in the JSON (outside the timed runs)."""
     if not (Path(release_dir) / "models" / "iris.py").is_file():
         raise SystemExit(f"{release_dir}: not a clone of Stanford-AIMI/MASS (no models/iris.py)")
     rows = []
@@ -214,6 +243,8 @@ def main(
                         release_dir,
                         "--extra_path",
                         extra_path,
+                        "--profile",
+                        str(bool(profile)),
                     ]
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode != 0:
