@@ -116,20 +116,18 @@ def _describe(value: Any) -> str:
     return f"<in-memory {type(value).__name__}{' of shape ' + str(tuple(shape)) if shape is not None else ''}>"
 
 
-def check_volume_header(path: str | os.PathLike) -> None:
-    """:class:`VolumeError` naming ``path`` if it is missing or, for NIfTI files, its header cannot be read
-    (a text file, a truncated gzip): cheap enough to check every file of a split before a long run."""
+def _nifti_header(path: str | os.PathLike) -> Any:
+    """The NIfTI image of ``path`` with only its header read; :class:`VolumeError` naming the file otherwise."""
+    import nibabel as nib
+
     if not os.path.exists(path):
         raise VolumeError(path, "file does not exist")
-    if str(path).endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            nib.load(str(path)).header  # noqa: B018 - reading the header is the check
-        except Exception as e:
-            raise VolumeError(
-                path, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from e
+    try:
+        return nib.load(str(path))
+    except Exception as e:
+        raise VolumeError(
+            path, f"cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from e
 
 
 def check_label_grid(image: str | os.PathLike, label: str | os.PathLike) -> None:
@@ -137,12 +135,7 @@ def check_label_grid(image: str | os.PathLike, label: str | os.PathLike) -> None
     (voxel shape, or affine within 1e-3); files of other formats are left to :class:`CheckVolumed`."""
     if not all(str(p).endswith((".nii", ".nii.gz")) for p in (image, label)):
         return
-    import nibabel as nib
-
-    check_volume_header(image)
-    check_volume_header(label)
-    img: Any = nib.load(str(image))
-    lab: Any = nib.load(str(label))
+    img, lab = _nifti_header(image), _nifti_header(label)
     if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
         raise VolumeError(label, f"grid {tuple(lab.shape[:3])} does not match image {image} {tuple(img.shape[:3])}")
     if not np.allclose(lab.affine, img.affine, atol=1e-3):

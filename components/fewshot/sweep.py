@@ -56,6 +56,7 @@ from components.network.release_checkpoint import preset_of_checkpoint
 from components.tracking.identity import code_tags as identity_code_tags
 from components.tracking.identity import digest, file_sha256
 from components.tracking.report import log_report, raise_if_failed
+from components.tracking.runs import sweep_parent, write_sweep_status
 from components.tracking.store import default_tracking_uri, experiment_id, finished_keys, tracking_client
 
 __all__ = ["run_key", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
@@ -351,7 +352,6 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
 
 
 def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str) -> dict[str, Any]:
-    from mlflow.entities import RunStatus
 
     experiment = cfg.get("experiment", EXPERIMENT)
     exp_id = experiment_id(client, experiment, tracking_uri)
@@ -363,7 +363,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
     sweep_tags = {**code_tags, "mlflow.parentRunId": parent}
     status: dict[str, str] = {}
     cfg = {**cfg, "_tracking": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
-    try:
+    with sweep_parent(client, parent):
         fingerprints = {init: init_fingerprint(cfg, init) for init in cfg["inits"]}  # hashed once per file
         for init, mode, shots, seed in itertools.product(cfg["inits"], cfg["modes"], cfg["shots"], cfg["seeds"]):
             key = run_key(init, mode, shots, seed)
@@ -422,19 +422,7 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
                 sweep_tags,
                 data["split_sha256"],
             )
-    except BaseException:
-        client.set_terminated(parent, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
-    summary = {
-        "tracking_uri": tracking_uri,
-        "experiment": experiment,
-        "data_settings_sha256": data_sha,
-        "parent_run_id": parent,
-        "runs": status,
-    }
-    atomic_json(out / "sweep_status.json", summary)
-    return summary
+    return write_sweep_status(out, tracking_uri, experiment, data_sha, parent, status)
 
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:

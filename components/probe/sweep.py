@@ -51,6 +51,7 @@ from components.io.atomic import atomic_json
 from components.io.errors import OptionError, error_message
 from components.tracking.identity import code_tags, digest, file_sha256
 from components.tracking.report import log_report, raise_if_failed
+from components.tracking.runs import sweep_parent, write_sweep_status
 from components.tracking.store import default_tracking_uri, experiment_id, finished_keys, tracking_client
 
 __all__ = ["RUNS", "run_bundle", "run_key", "run_one", "run_sweep", "check_sweep", "sweep_and_report"]
@@ -335,7 +336,7 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
         file_sha256(cfg["pretrained"]) if cfg.get("pretrained") and os.path.isfile(cfg["pretrained"]) else ""
     )
     status: dict[str, str] = {}
-    try:
+    with sweep_parent(client, parent):
         for run, fraction, seed in itertools.product(cfg["runs"], cfg["fractions"], cfg["seeds"]):
             key = run_key(run, fraction, seed)
             settings = {
@@ -395,19 +396,7 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
             except BaseException:
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
                 raise
-    except BaseException:
-        client.set_terminated(parent, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
-    summary = {
-        "tracking_uri": tracking_uri,
-        "experiment": experiment,
-        "data_settings_sha256": data_sha,
-        "parent_run_id": parent,
-        "runs": status,
-    }
-    atomic_json(out / "sweep_status.json", summary)
-    return summary
+    return write_sweep_status(out, tracking_uri, experiment, data_sha, parent, status)
 
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:

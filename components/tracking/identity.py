@@ -17,13 +17,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (16 hex digits) of a file's bytes."""
+def file_sha256(path: str | os.PathLike, digits: int = 16) -> str:
+    """SHA-256 (the first ``digits`` hex digits; 64: all) of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:digits]
 
 
 def bundle_version(bundle_dir: str | os.PathLike) -> str:

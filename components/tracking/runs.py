@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from components.io.atomic import atomic_json
 from components.io.errors import OptionError
 from components.tracking.store import tracking_client
 
-__all__ = ["collect_runs", "group_by_settings", "latest_finished"]
+__all__ = ["collect_runs", "group_by_settings", "latest_finished", "sweep_parent", "write_sweep_status"]
 
 
 def collect_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
@@ -46,3 +51,31 @@ def latest_finished(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if r["status"] == "FINISHED" and r["tags"].get("run_key"):
             latest.setdefault(r["tags"]["run_key"], r)
     return latest
+
+
+@contextmanager
+def sweep_parent(client: Any, parent_id: str) -> Iterator[None]:
+    """The sweep-level run's lifetime: FINISHED when the block ends, KILLED when it raises."""
+    from mlflow.entities import RunStatus
+
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(parent_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def write_sweep_status(
+    out: str | os.PathLike, tracking_uri: str, experiment: str, data_sha: str, parent_id: str, runs: dict[str, str]
+) -> dict[str, Any]:
+    """``<out>/sweep_status.json`` (where the runs are, the data setting, the parent run, a status per key); returned."""
+    summary = {
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "data_settings_sha256": data_sha,
+        "parent_run_id": parent_id,
+        "runs": runs,
+    }
+    atomic_json(Path(out) / "sweep_status.json", summary)
+    return summary

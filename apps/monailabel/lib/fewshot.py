@@ -2,7 +2,7 @@
 
 * :func:`fewshot_infer_task` — MONAI Label's ``BundleInferTask`` on ``configs/inference.json``, with strict
   weight loading (a checkpoint that does not fit the network is an error, never a half-random model).
-  Labels come from ``metadata.json``'s ``post_processed_outputs`` ``channel_def``: 1..N, the values the bundle writes.
+  Labels come from ``metadata.json``'s ``channel_def``: 1..N, the values the bundle writes.
 * :class:`FewShotTrainTask` — MONAI Label's ``BundleTrainTask`` on ``configs/train.json``, fed from the
   datastore: the class embeddings start from the labelled volumes of the datastore (not from a split
   file of the repository), label values are the bundle's 1..N, and with too few labelled volumes for a
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,6 +23,8 @@ from monai.bundle import ckpt_export
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from components.io.atomic import default_file_mode
+from components.tracking.identity import file_sha256
 from lib.output import LabelMapWriter
 
 logger = logging.getLogger(__name__)
@@ -36,16 +37,9 @@ class FewShotInferTask(LabelMapWriter, BundleInferTask):
 def fewshot_infer_task(bundle: str, conf: dict[str, str]) -> BundleInferTask:
     """Fixed-class segmentation with the bundle's ``models/model.pt`` (or ``model.ts``).
 
-    Label names and values come from ``post_processed_outputs`` (0 background, 1..N): the network's own
-    ``outputs`` are its N logit channels, which MONAI Label would otherwise take for label values 0..N-1.
+    Label names and values (1..N) come from ``outputs`` ``channel_def``, keyed by the label value of each channel.
     """
-    task = FewShotInferTask(bundle, conf, type="segmentation", load_strict=True)
-    meta = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
-    pred = meta["network_data_format"].get("post_processed_outputs", {}).get("pred", {})
-    labels = {str(v).lower(): int(k) for k, v in pred.get("channel_def", {}).items() if str(v).lower() != "background"}
-    if labels:
-        task.labels = labels
-    return task
+    return FewShotInferTask(bundle, conf, type="segmentation", load_strict=True)
 
 
 class FewShotTrainTask(BundleTrainTask):
@@ -122,9 +116,7 @@ class FewShotTrainTask(BundleTrainTask):
                 config_file=os.path.join(configs, "inference.json"),
                 bundle_root=self.bundle_path,
             )
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as model.pt, not mkstemp's 0600
+            os.chmod(tmp, default_file_mode())  # as model.pt, not mkstemp's 0600
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -141,18 +133,11 @@ class FewShotTrainTask(BundleTrainTask):
 def refresh_large_files(bundle: str) -> dict[str, str]:
     """``{models/<file>: sha256}`` of the bundle's model files, written into its ``large_files.yml`` (if it
     has one) so the hashes stay true after training replaced ``model.pt`` / ``model.ts``."""
-    import hashlib
     import re
 
     models = Path(bundle) / "models"
-    hashes: dict[str, str] = {}
-    for p in sorted(models.glob("*")) if models.is_dir() else []:
-        if p.is_file() and not p.name.startswith("."):
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            hashes[f"models/{p.name}"] = h.hexdigest()
+    files = sorted(p for p in models.glob("*") if p.is_file() and not p.name.startswith(".")) if models.is_dir() else []
+    hashes = {f"models/{p.name}": file_sha256(p, digits=64) for p in files}
     listing = Path(bundle) / "large_files.yml"
     if listing.is_file():
         text = listing.read_text()
