@@ -65,7 +65,7 @@ def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
             _print_error(e.code)
             return 1
         return int(e.code or 0)
-    except BaseException as exc:  # noqa: BLE001 - the top of the program
+    except BaseException as exc:  # noqa: BLE001, B036 - the top of the program: every error becomes an exit status
         found = classify(exc)
         if found is None or debug:
             traceback.print_exception(exc, file=sys.stderr)

@@ -47,6 +47,12 @@ class VolumeError(InputError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+    def __reduce__(self):  # pickle / copy rebuild it from both arguments (Exception's default passes only args)
+        return type(self), (self.path, self.problem)
+
 
 class OptionError(InputError):
     """A command-line or config option with an unusable value; ``str(err)`` is ``"<option>: <problem>"``."""
@@ -55,6 +61,12 @@ class OptionError(InputError):
         self.option = option
         self.problem = problem
         super().__init__(f"{option}: {problem}")
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.problem}"
+
+    def __reduce__(self):  # pickle / copy rebuild it from both arguments (Exception's default passes only args)
+        return type(self), (self.option, self.problem)
 
 
 class RunFailedError(RunError, RuntimeError):

@@ -38,6 +38,7 @@ class ReleaseCheckpointError(InputError):
         unexpected: list[str] | None = None,
         mismatched: list[tuple[str, tuple, tuple]] | None = None,
     ) -> None:
+        self.message = message
         self.missing = list(missing or [])
         self.unexpected = list(unexpected or [])
         self.mismatched = list(mismatched or [])
@@ -49,7 +50,14 @@ class ReleaseCheckpointError(InputError):
         if self.mismatched:
             shown = [f"{k}: checkpoint {list(a)} vs network {list(b)}" for k, a, b in self.mismatched]
             parts.append(f"shape mismatches ({len(shown)}): {_preview(shown)}")
-        super().__init__("\n  ".join(parts))
+        self.text = "\n  ".join(parts)
+        super().__init__(self.text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __reduce__(self):  # pickle / copy rebuild it from all its arguments (Exception's default passes only args)
+        return type(self), (self.message, self.missing, self.unexpected, self.mismatched)
 
 
 def _preview(items: list[str], limit: int = 12) -> str:

@@ -80,7 +80,7 @@ class LabelPairDataset(Dataset):
                 continue
             ids = [int(i) for i in np.intersect1d(torch.unique(rl).numpy(), torch.unique(ql).numpy()) if i > 0]
             if label_ids is not None:
-                ids = [i for i in ids if i in set(int(j) for j in label_ids)]
+                ids = [i for i in ids if i in {int(j) for j in label_ids}]
             m = int(max_masks or len(ids))
             ids = ids[:m]
             if not ids:

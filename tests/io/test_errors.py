@@ -52,3 +52,22 @@ def test_volume_error_raised_while_handling_another_is_found():
             raise RuntimeError("cleanup failed")  # noqa: B904 - implicit chaining (__context__) on purpose
     except RuntimeError as e:
         assert volume_error_of(e) is not None and volume_error_of(e).path == "/d/a.nii.gz"
+
+
+def test_errors_survive_pickle_and_copy() -> None:
+    """Worker processes send errors back pickled: each error class rebuilds from all its arguments (flake8-bugbear
+    B042, the zoo's lint), with the same message and fields."""
+    import copy
+    import pickle
+
+    from components.io.errors import OptionError, VolumeError
+    from components.network.release_checkpoint import ReleaseCheckpointError
+
+    errors = [
+        VolumeError("a.nii.gz", "not a volume"),
+        OptionError("--spacing", "must be positive"),
+        ReleaseCheckpointError("does not fit", missing=["a.weight"], mismatched=[("b", (1, 2), (2, 2))]),
+    ]
+    for err in errors:
+        for back in (pickle.loads(pickle.dumps(err)), copy.copy(err)):
+            assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)

@@ -49,13 +49,13 @@ def volume_frames(
     vol = torch.as_tensor(rgb).float()
     perm = [axis + 1] + [a + 1 for a in range(3) if a != axis]
     vol = vol.permute(0, *perm)  # (3, T, H, W)
-    T, H, W = vol.shape[1:]
-    out = torch.empty((T, 3, image_size, image_size), dtype=torch.float32, device=device)
-    for s in range(0, T, chunk):
+    n_frames, height, width = vol.shape[1:]
+    out = torch.empty((n_frames, 3, image_size, image_size), dtype=torch.float32, device=device)
+    for s in range(0, n_frames, chunk):
         x = vol[:, s : s + chunk].permute(1, 0, 2, 3).to(device) / 255.0
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         out[s : s + chunk] = (x - _MEAN.to(device)) / _STD.to(device)
-    return out, int(H), int(W)
+    return out, int(height), int(width)
 
 
 def make_state(
@@ -112,10 +112,10 @@ def cache_backbone(predictor: Any, state: dict, autocast: bool | None = None) ->
 
 def _mask_inputs(predictor: Any, masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool -> (N, 1, S, S) float as ``add_new_mask`` prepares them."""
-    S = predictor.image_size
+    size = predictor.image_size
     m = masks[:, None].float().to(predictor.device)
-    if m.shape[-2:] != (S, S):
-        m = F.interpolate(m, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+    if m.shape[-2:] != (size, size):
+        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         m = (m >= 0.5).float()
     return m
 
@@ -141,7 +141,7 @@ def propagate_batched(
         ``(frame_idx, logits)`` with logits float ``(N, 1, H, W)`` (> 0 is foreground); the seed frame first.
     """
     n = int(masks.shape[0])
-    T = state["num_frames"]
+    n_frames = state["num_frames"]
     out_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     cur, _ = predictor._run_single_frame_inference(
         inference_state=state,
@@ -154,8 +154,8 @@ def propagate_batched(
         reverse=False,
         run_mem_encoder=False,
     )
-    S = predictor.image_size
-    high = F.interpolate(cur["pred_masks"].to(state["device"]), size=(S, S), mode="bilinear", align_corners=False)
+    size = predictor.image_size
+    high = F.interpolate(cur["pred_masks"].to(state["device"]), size=(size, size), mode="bilinear", align_corners=False)
     cur["maskmem_features"], cur["maskmem_pos_enc"] = predictor._run_memory_encoder(
         inference_state=state,
         frame_idx=seed,
@@ -169,7 +169,7 @@ def propagate_batched(
     window = (
         max(predictor.num_maskmem * predictor.memory_temporal_stride_for_eval, predictor.max_obj_ptrs_in_encoder) + 1
     )
-    for reverse, order in ((False, range(seed + 1, T)), (True, range(seed - 1, -1, -1))):
+    for reverse, order in ((False, range(seed + 1, n_frames)), (True, range(seed - 1, -1, -1))):
         for f in order:
             cur, pred = predictor._run_single_frame_inference(
                 inference_state=state,

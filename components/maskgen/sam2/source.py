@@ -118,8 +118,8 @@ class SAM2MaskSourced(Transform):
             inplane = [spacing[a] for a in range(3) if a != axis]
             min_area = scaled_min_size(self.min_area_px, inplane, self.reference_spacing_2d)
             t0 = time.perf_counter()
-            frames, H, W = volume_frames(rgb, axis, int(pred.image_size), self.device)
-            state = make_state(pred, frames, H, W, self.offload_state_to_cpu)
+            frames, height, width = volume_frames(rgb, axis, int(pred.image_size), self.device)
+            state = make_state(pred, frames, height, width, self.offload_state_to_cpu)
             if self.cache_features:
                 cache_backbone(pred, state)
             _sync(self.device)
