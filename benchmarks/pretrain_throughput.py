@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader
 
 from components.data.loading import load_volume
 from components.io.maskset import write_maskset
+from components.losses.segmentation import DiceBCELoss
 from components.network.nets import build_network
-from components.pretrain.data import MaskPretrainDataset, TwoViewSampler
-from components.pretrain.lamb import Lamb
-from components.pretrain.losses import DiceBCELoss
+from components.pretrain.dataset import MaskPretrainDataset
+from components.pretrain.optim.lamb import Lamb
+from components.pretrain.sampler import TwoViewSampler
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASS_SHARED_DIR", REPO.parent / "shared")) / "data" / "mri"

@@ -9,7 +9,7 @@ label evaluator segments it with sliding windows (``ReferenceInferer``, ``max_cl
 classes per pass, as the few-shot in-context path), so ``val_label_dice`` is one whole-volume Dice.
 Items have the training sample keys (``query_image``, ``query_masks``, ``ref_image``, ``ref_masks``,
 ``valid``), so ``prepare_incontext_batch`` and MONAI ``MeanDice`` apply. (Held-out *mask-set*
-validation uses :class:`~components.pretrain.data.MaskPretrainDataset` itself with fixed sample ids.)
+validation uses :class:`~components.pretrain.dataset.MaskPretrainDataset` itself with fixed sample ids.)
 """
 
 from __future__ import annotations

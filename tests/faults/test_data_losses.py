@@ -9,7 +9,7 @@ import pytest
 from components.io.errors import VolumeError
 from components.io.maskset import write_maskset
 from components.maskgen.workflow import shard_datalist
-from components.pretrain.data import pair_masksets
+from components.pretrain.volumes import pair_masksets
 
 
 def _mset(path, image, image_bytes=None):

@@ -751,7 +751,7 @@ def test_our_errors_skip_the_exception_handlers_that_print_tracebacks():
 
     from ignite.engine import Events
 
-    from components.pretrain.engine import InContextTrainer, NonFiniteLossError
+    from components.pretrain.trainer import InContextTrainer, NonFiniteLossError
 
     fired: list = []
     engine = types.SimpleNamespace(_event_handlers={Events.EXCEPTION_RAISED: ["StatsHandler"]})

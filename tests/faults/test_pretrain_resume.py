@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from components.pretrain.engine import latest_checkpoint, resume_checkpoint
+from components.pretrain.checkpoints import latest_checkpoint, resume_checkpoint
 from tests._bundles import bundle_workflow
 from tests.pretrain._util import masksets_from_labels, tiny_overrides
 
@@ -109,7 +109,7 @@ def test_resume_skips_a_broken_newest_checkpoint_naming_it(tmp_path, mask_dir, o
 def test_best_model_is_replaced_atomically_and_never_deleted_first(tmp_path, monkeypatch):
     from monai.handlers import CheckpointSaver
 
-    from components.pretrain.engine import AtomicFixedSaver, BestMetricState
+    from components.pretrain.handlers import AtomicFixedSaver, BestMetricState
 
     net = torch.nn.Linear(2, 2)
     saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")

@@ -9,7 +9,8 @@ import hashlib
 import pytest
 import torch
 
-from components.pretrain.engine import build_lr_scheduler, latest_checkpoint
+from components.pretrain.checkpoints import latest_checkpoint
+from components.pretrain.optim.schedule import build_lr_scheduler
 from tests.faults._harness import run_bundle
 from tests.faults.test_fault_cases import _pretrain
 from tests.pretrain._util import masksets_from_labels

@@ -13,7 +13,8 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from components.pretrain.engine import NonFiniteLossError, latest_checkpoint
+from components.pretrain.checkpoints import latest_checkpoint
+from components.pretrain.trainer import NonFiniteLossError
 from tests._bundles import bundle_workflow
 from tests.pretrain._util import BUNDLE, REPO, masksets_from_labels, tiny_overrides
 

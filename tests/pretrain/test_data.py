@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import components.pretrain.data as pdata
+import components.pretrain.volumes as pvolumes
 from components.io.maskset import MaskSet, write_maskset
-from components.pretrain.data import MaskPretrainDataset, TwoViewSampler, pair_masksets
+from components.pretrain.dataset import MaskPretrainDataset
+from components.pretrain.sampler import TwoViewSampler
 from components.pretrain.views import TwoViewAugment, pack_masks, unpack_masks, view_params
+from components.pretrain.volumes import pair_masksets
 from tests.pretrain._util import DEMO, masksets_from_labels
 
 torch.set_num_threads(1)
@@ -192,7 +194,7 @@ def test_cache_is_reused_without_resampling(dataset, demo_masks, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("volume re-read although cached")
 
-    monkeypatch.setattr(pdata, "load_volume", boom)
+    monkeypatch.setattr(pvolumes, "load_volume", boom)
     data = pair_masksets([{"image": str(DEMO / "colin27_t1.nii.gz"), "modality": "MR"}], demo_masks)
     cache = dataset.volumes[0]["image_npy"].rsplit("/", 2)[0]
     again = MaskPretrainDataset(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.pretrain.lamb import Lamb
+from components.pretrain.optim.lamb import Lamb
 
 
 def reference_lamb(x0, grad_fn, steps, lr, beta1, beta2, eps, wd, bias_correction=True):

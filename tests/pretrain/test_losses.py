@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from components.pretrain.losses import DiceBCELoss
+from components.losses.segmentation import DiceBCELoss
 
 
 def _blobs(b: int = 2, m: int = 3, size: int = 12, seed: int = 0) -> torch.Tensor:
@@ -135,7 +135,7 @@ def test_bad_shapes_are_reported():
 
 def test_tversky_hand_computed_value_and_alpha_clamp():
     """p = 0.5 on 8 voxels, 2 of them foreground: TP 1, FP 3, FN 1 -> alpha = 3/4 (inside the clamp)."""
-    from components.pretrain.losses import AdaptiveTverskyBCELoss
+    from components.losses.segmentation import AdaptiveTverskyBCELoss
 
     target = torch.zeros(1, 1, 2, 2, 2)
     target[0, 0, 0, 0] = 1.0
@@ -153,7 +153,7 @@ def test_tversky_hand_computed_value_and_alpha_clamp():
 
 def test_tversky_weighs_misses_more_than_plain_dice_when_prediction_shrinks():
     """Half of a blob predicted: the adaptive loss is above plain soft Dice (alpha clamps at 0.2)."""
-    from components.pretrain.losses import AdaptiveTverskyBCELoss
+    from components.losses.segmentation import AdaptiveTverskyBCELoss
 
     target = _blobs(b=1, m=2, size=16, seed=3)
     logits = torch.where(target > 0, 8.0, -8.0)
@@ -165,7 +165,7 @@ def test_tversky_weighs_misses_more_than_plain_dice_when_prediction_shrinks():
 
 def test_tversky_matches_the_release_terms_on_the_reference_batch(shared_dir):
     """Step-0 logits of the release's own training step give its loss, Tversky and BCE terms (<= 1e-5)."""
-    from components.pretrain.losses import AdaptiveTverskyBCELoss
+    from components.losses.segmentation import AdaptiveTverskyBCELoss
 
     ref = torch.load(shared_dir / "reference" / "train_step.pt", weights_only=True)
     total, tversky, bce = AdaptiveTverskyBCELoss().terms(ref["logits_step0"], ref["batch"]["tgt_mask"])
@@ -178,7 +178,7 @@ def test_tversky_matches_the_release_terms_on_the_reference_batch(shared_dir):
 
 
 def test_tversky_padding_channels_are_ignored_and_all_padding_keeps_the_graph():
-    from components.pretrain.losses import AdaptiveTverskyBCELoss
+    from components.losses.segmentation import AdaptiveTverskyBCELoss
 
     target = _blobs(b=2, m=3, size=8)
     logits = torch.randn_like(target)

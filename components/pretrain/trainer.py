@@ -1,4 +1,4 @@
-"""Mask-guided pretraining on MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+"""Mask-guided pretraining on MONAI's ``SupervisedTrainer``: the in-context iteration and its batch layout.
 
 * :func:`prepare_incontext_batch`: batch dict -> ``(query, query_masks, (ref_image, ref_masks), {})``;
   MONAI's evaluator then calls ``inferer(query, network, ref_image, ref_masks)``.
@@ -8,10 +8,6 @@
   :class:`NonFiniteLossError` naming the iteration *before* the optimiser step, so weights and
   checkpoints stay the last good ones. It attaches the weight EMA (Ignite's ``EMAHandler``), the
   sampler's resume hook, and adds itself (iteration/epoch state) to its full-state checkpoint handlers.
-* :func:`build_lr_scheduler`: warm-up + polynomial decay (paper, power 0.9) or one-cycle (release),
-  stepped per iteration.
-* :func:`resume_checkpoint`: the file ``--resume`` loads (newest periodic checkpoint) through MONAI's
-  ``CheckpointLoader``.
 
 EMA: ``ignite.handlers.EMAHandler(network, momentum=1 - decay)`` (release decay 0.99). It was checked
 against the hand-written EMA it replaced (``ema = decay * ema + (1 - decay) * w`` after every optimiser
@@ -25,32 +21,20 @@ them, and its state dict adds ``module.`` and ``n_averaged``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from components.io.errors import InputError, OptionError, RunError
+from components.io.errors import InputError, RunError
+from components.pretrain.handlers import BestMetricState, holds_key
 
-__all__ = [
-    "NonFiniteLossError",
-    "prepare_incontext_batch",
-    "InContextTrainer",
-    "unwrap_model",
-    "warmup_poly_lambda",
-    "build_lr_scheduler",
-    "BestMetricState",
-    "latest_checkpoint",
-    "resume_checkpoint",
-    "SampleLog",
-]
+__all__ = ["NonFiniteLossError", "prepare_incontext_batch", "unwrap_model", "InContextTrainer"]
+
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +144,7 @@ class InContextTrainer(SupervisedTrainer):
                 objects = getattr(handler, attr, None)
                 if isinstance(objects, dict) and any(v is optimizer for v in objects.values()):
                     objects[state_key] = self  # MONAI/Ignite read these dicts when saving/loading
-                    if best is not None and (attr == "save_dict" or _holds_key(handler, BestMetricState.KEY)):
+                    if best is not None and (attr == "save_dict" or holds_key(handler, BestMetricState.KEY)):
                         objects[BestMetricState.KEY] = best
 
     def _handle_exception(self, e: BaseException) -> None:
@@ -217,191 +201,3 @@ class InContextTrainer(SupervisedTrainer):
         out[Keys.PRED], out[Keys.LOSS] = logits.detach(), loss.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates and post-processes here
         return engine.state.output
-
-
-class BestMetricState:
-    """``state_dict`` / ``load_state_dict`` of a key-metric ``CheckpointSaver``'s tracker (Ignite
-    ``Checkpoint._saved``: the ``(score, filename)`` of the best model so far), for full-state checkpoints."""
-
-    KEY = "best_metric"
-
-    def __init__(self, saver: Any) -> None:
-        self.saver = saver
-        ck = self._checkpoint()
-        fixed = getattr(getattr(ck, "save_handler", None), "filename", None)
-        if ck is not None and fixed:  # e.g. models/model.pt: replaced atomically, never deleted first
-            ck.save_handler = AtomicFixedSaver(ck.save_handler.dirname, fixed)
-
-    def _checkpoint(self) -> Any:
-        return getattr(self.saver, "_key_metric_checkpoint", None)
-
-    def state_dict(self) -> dict[str, Any]:
-        ck = self._checkpoint()
-        saved = [] if ck is None else [[float(p), str(f)] for p, f in ck.state_dict()["_saved"]]
-        return {"saved": saved}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        ck = self._checkpoint()
-        if ck is not None:
-            ck.load_state_dict({"_saved": [(float(p), str(f)) for p, f in state.get("saved", [])]})
-            logger.info(f"best-metric tracker restored: {ck.state_dict()['_saved']}")
-
-
-class AtomicFixedSaver(BaseSaveHandler):
-    """Ignite save handler for a fixed file name (``model.pt``): each save writes a temp file and renames
-    it over the old one, and ``remove`` does nothing. Ignite's ``Checkpoint`` removes the previous best
-    before saving the new one; with MONAI's non-atomic ``DiskSaver`` a kill between the two left no
-    ``model.pt`` at all, and one during the write a truncated one."""
-
-    def __init__(self, dirname: str | os.PathLike, filename: str) -> None:
-        self.dirname, self.filename = Path(dirname), filename
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        from components.io.atomic import atomic_write
-
-        atomic_write(self.dirname / self.filename, lambda tmp: torch.save(checkpoint, tmp))
-
-    def remove(self, filename: str) -> None:
-        """Nothing to remove: the next save replaces the file in one rename."""
-
-
-def _holds_key(loader: Any, key: str) -> bool:
-    """Whether the checkpoint a ``CheckpointLoader`` will load has ``key`` (False if it cannot be read now)."""
-    path = getattr(loader, "load_path", None)
-    if not path or not os.path.isfile(path):
-        return False
-    try:
-        return key in torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False
-
-
-def warmup_poly_lambda(step: int, total_steps: int, warmup_steps: int, power: float = 0.9) -> float:
-    """LR factor: linear warm-up to 1 over ``warmup_steps``, then ``(1 - progress) ** power`` to 0."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return max(0.0, 1.0 - progress) ** power
-
-
-class _WarmupPoly:
-    """Picklable LR lambda (a bound callable object, saved with the scheduler state)."""
-
-    def __init__(self, total_steps: int, warmup_steps: int, power: float) -> None:
-        self.total_steps, self.warmup_steps, self.power = int(total_steps), int(warmup_steps), float(power)
-
-    def __call__(self, step: int) -> float:
-        return warmup_poly_lambda(step, self.total_steps, self.warmup_steps, self.power)
-
-
-class _OneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
-    """``OneCycleLR`` that keeps the horizon it was built with when a checkpoint is loaded."""
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        horizon = {k: self.__dict__[k] for k in ("total_steps", "_schedule_phases")}
-        super().load_state_dict(state_dict)
-        self.__dict__.update(horizon)
-
-
-class _LambdaLR(torch.optim.lr_scheduler.LambdaLR):
-    """``LambdaLR`` that keeps the LR function (and its horizon) it was built with when a checkpoint is loaded."""
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
-
-
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer,
-    name: str,
-    total_steps: int,
-    warmup: float = 0.05,
-    power: float = 0.9,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1000.0,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule over ``total_steps`` optimiser steps.
-
-    ``"onecycle"`` (the release's default): torch's ``OneCycleLR`` from ``lr / div_factor`` up to the
-    optimiser's ``lr`` over the fraction ``warmup``, cosine down to ``lr / div_factor / final_div_factor``
-    (release: 5 %, 25, 1000). ``"poly"`` (the paper's text): linear warm-up over ``warmup``, then
-    ``(1 - progress) ** power``.
-
-    Loading a checkpoint restores the step count, not the horizon: a run resumed with a larger
-    ``--max_epochs`` continues at its step on the schedule over the new ``total_steps``.
-    """
-    total_steps = max(1, int(total_steps))
-    if name == "poly":
-        return _LambdaLR(optimizer, _WarmupPoly(total_steps, round(warmup * total_steps), power))
-    if name == "onecycle":
-        max_lr = [g["lr"] for g in optimizer.param_groups]
-        return _OneCycleLR(
-            optimizer,
-            max_lr=max_lr,
-            total_steps=total_steps,
-            pct_start=max(warmup, 1e-3),
-            div_factor=div_factor,
-            final_div_factor=final_div_factor,
-        )
-    raise ValueError(f"lr schedule must be 'poly' or 'onecycle', got {name!r}")
-
-
-def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*checkpoint*.pt") -> str | None:
-    """Newest file matching ``pattern`` in ``folder`` (by modification time), or None."""
-    files = sorted(Path(folder).glob(pattern), key=lambda p: p.stat().st_mtime) if Path(folder).is_dir() else []
-    return str(files[-1]) if files else None
-
-
-def resume_checkpoint(
-    ckpt_dir: str | os.PathLike, ckpt_path: str | None = None, finished: str | os.PathLike | None = None
-) -> str | None:
-    """The checkpoint a resumed run loads: ``ckpt_path`` if given, else the newest one of ``ckpt_dir``.
-
-    A newest checkpoint that cannot be read (truncated by a kill, corrupt) is skipped with a warning
-    naming it and the newest readable one is used. Refused (``CheckpointError`` / ``OptionError``)
-    rather than starting from scratch: an unreadable ``ckpt_path``, a folder whose every checkpoint is
-    broken, no checkpoint while ``finished`` (the best model) exists. With no checkpoint and no
-    finished model it logs a warning and returns None (the run starts from scratch).
-    """
-    from components.io.checks import newest_readable_checkpoint, readable_checkpoint
-
-    if ckpt_path:
-        readable_checkpoint(ckpt_path, what="resume checkpoint")
-    path = ckpt_path or newest_readable_checkpoint(ckpt_dir)
-    if path is None and finished and os.path.isfile(finished):
-        raise OptionError(
-            "resume",
-            f"no checkpoint in {ckpt_dir} to resume from, but {finished} holds a finished model; "
-            "write to a new --ckpt_dir, or start again over it with --resume False --overwrite True",
-        )
-    if path is None:
-        logger.warning(f"resume requested but no checkpoint in {ckpt_dir}; starting from scratch")
-    else:
-        logger.info(f"resuming from {path}")
-    return path
-
-
-class SampleLog:
-    """Append the sample ids of every training batch to ``path`` (``{rank}`` is filled in); no-op if ``path`` is empty.
-
-    A diagnostic for multi-process runs: each rank should see different ids.
-    """
-
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path
-
-    def attach(self, engine: Any) -> None:
-        if not self.path:
-            return
-        import torch.distributed as dist
-        from ignite.engine import Events
-
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        path = Path(str(self.path).format(rank=rank))
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def _log(e: Any) -> None:
-            ids = e.state.batch["index"] if isinstance(e.state.batch, Mapping) else [b["index"] for b in e.state.batch]
-            with open(path, "a") as f:
-                f.write(" ".join(str(int(i)) for i in torch.as_tensor(ids).view(-1).tolist()) + "\n")
-
-        engine.add_event_handler(Events.ITERATION_STARTED, _log)

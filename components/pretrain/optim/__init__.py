@@ -1,0 +1,1 @@
+"""Optimisation of pretraining: the LAMB optimiser (:mod:`.lamb`) and the learning-rate schedules (:mod:`.schedule`)."""
