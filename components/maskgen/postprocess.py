@@ -9,7 +9,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from monai.transforms import Transform
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 from scipy import ndimage
 
 from components.io.maskset import SparseMask, bbox_of
@@ -112,8 +113,9 @@ def remove_redundant(
     return kept
 
 
-class MaskPostprocessd(Transform):
-    """Post-process ``d[masks_key]`` (list of ``SparseMask``) and ``d[provenance_key]`` in place of the dict.
+class MaskPostprocessd(MapTransform):
+    """Post-process ``d[key]`` (``keys``: one key, default ``"masks"``; a list of ``SparseMask``) and
+    ``d[provenance_key]`` in place of the dict.
 
     Steps: (1) largest connected component touching the seed slice (when the provenance has ``axis`` and
     ``seed_slice``; sources without a seed keep their largest component if ``largest_cc_all``),
@@ -121,6 +123,7 @@ class MaskPostprocessd(Transform):
     (3) greedy redundancy removal at ``iou_thresh`` (paper 0.9, release 0.95).
 
     Args:
+        keys: the key of the masks (one key: its provenance is ``d[provenance_key]``).
         image_key: key of the RAS image (its affine gives the spacing).
         min_voxels: minimum voxel count at ``reference_spacing`` (release: 1000 for abdomen CT).
         reference_spacing: spacing in mm at which ``min_voxels`` is defined.
@@ -131,8 +134,8 @@ class MaskPostprocessd(Transform):
 
     def __init__(
         self,
+        keys: KeysCollection = "masks",
         image_key: str = "image",
-        masks_key: str = "masks",
         provenance_key: str = "mask_provenance",
         min_voxels: float = 1000,
         reference_spacing: Sequence[float] = (0.75, 0.75, 3.0),
@@ -142,7 +145,13 @@ class MaskPostprocessd(Transform):
         connectivity: int = 1,
         seed: int = 0,
     ) -> None:
-        self.image_key, self.masks_key, self.provenance_key = image_key, masks_key, provenance_key
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(
+                f"MaskPostprocessd takes one masks key (its provenance is {provenance_key!r}), got {self.keys}"
+            )
+        self.masks_key = self.keys[0]
+        self.image_key, self.provenance_key = image_key, provenance_key
         self.min_voxels, self.reference_spacing = min_voxels, tuple(reference_spacing)
         self.iou_thresh, self.order, self.largest_cc_all = iou_thresh, order, largest_cc_all
         self.connectivity, self.seed = connectivity, seed

@@ -1,24 +1,27 @@
 """Mask sources without SAM2: multi-scale SLIC supervoxels and existing label maps.
 
-Every source is a dictionary transform that writes ``d["masks"]`` (list of ``SparseMask`` on the RAS grid)
-and ``d["mask_provenance"]`` (one dict per mask), the same interface as the SAM2 source.
+Each source is an array transform (:class:`SLICMasks`, :class:`LabelMapMasks`: volume -> ``(masks,
+provenance)``) with its dictionary form (:class:`SLICMasksd`, :class:`LabelMapMasksd`, ``keys`` = the
+volumes read) that writes ``d["masks"]`` (list of ``SparseMask`` on the RAS grid) and
+``d["mask_provenance"]`` (one dict per mask), the same interface as the SAM2 source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from monai.config import KeysCollection
 from monai.data.utils import affine_to_spacing
-from monai.transforms import Transform
+from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
 from components.data.loading import check_label_values
 from components.io.maskset import SparseMask
 from components.maskgen.sam2.intensity import foreground_mask
 
-__all__ = ["masks_from_labels", "SLICMasksd", "LabelMapMasksd"]
+__all__ = ["masks_from_labels", "SLICMasks", "SLICMasksd", "LabelMapMasks", "LabelMapMasksd"]
 
 
 def masks_from_labels(lab: np.ndarray, ids: Sequence[int] | None = None) -> tuple[list[SparseMask], list[int]]:
@@ -56,15 +59,15 @@ def _fill_body(fg: np.ndarray) -> np.ndarray:
     return fg
 
 
-class SLICMasksd(Transform):
-    """Multi-scale SLIC supervoxels (scikit-image) of the image in ``image_key`` as masks.
+class SLICMasks(Transform):
+    """Multi-scale SLIC supervoxels (scikit-image) of a channel-first RAS image ``(1, X, Y, Z)`` as masks:
+    ``(list[SparseMask], provenance)``.
 
     The image is normalised to [0, 1] by the 1st-99th percentile inside the foreground and segmented
     once per entry of ``n_segments`` (about that many supervoxels inside the foreground) with the voxel
     spacing; supervoxels are clipped to the foreground. Several counts give masks at several granularities.
 
     Args:
-        image_key: channel-first RAS image ``(1, X, Y, Z)``.
         n_segments: target supervoxel counts, one SLIC run each.
         compactness: SLIC compactness (intensity in [0, 1]; small values follow edges more).
         foreground: foreground method of ``foreground_mask`` ("otsu", "nonzero" or a threshold).
@@ -77,7 +80,6 @@ class SLICMasksd(Transform):
 
     def __init__(
         self,
-        image_key: str = "image",
         n_segments: Sequence[int] = (50, 200, 800),
         compactness: float = 0.1,
         foreground: str | float = "otsu",
@@ -85,20 +87,15 @@ class SLICMasksd(Transform):
         sigma: float = 0.5,
         max_voxels: int | None = 1_500_000,
         split_at_foreground: bool = True,
-        masks_key: str = "masks",
-        provenance_key: str = "mask_provenance",
     ) -> None:
-        self.image_key, self.n_segments, self.compactness = image_key, list(n_segments), compactness
+        self.n_segments, self.compactness = list(n_segments), compactness
         self.foreground, self.max_num_iter, self.sigma = foreground, max_num_iter, sigma
         self.max_voxels, self.split_at_foreground = max_voxels, split_at_foreground
-        self.masks_key, self.provenance_key = masks_key, provenance_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+    def __call__(self, img_t: Any) -> tuple[list[SparseMask], list[dict]]:
         from skimage.segmentation import slic
         from skimage.transform import downscale_local_mean
 
-        d = dict(data)
-        img_t = d[self.image_key]
         spacing = np.asarray(affine_to_spacing(img_t.affine, r=3), dtype=np.float64)
         img = np.asarray(img_t)[0].astype(np.float32)
         raw_fg = foreground_mask(img, self.foreground)
@@ -136,36 +133,23 @@ class SLICMasksd(Transform):
             ms, ids = masks_from_labels(lab)
             masks += ms
             prov += [{"source": "slic", "n_segments": int(k), "segment": i} for i in ids]
-        d[self.masks_key], d[self.provenance_key] = masks, prov
-        return d
+        return masks, prov
 
 
-class LabelMapMasksd(Transform):
-    """Masks from an integer label map in ``label_key``: one per label id, or one per connected component.
+class LabelMapMasks(Transform):
+    """Masks from a channel-first integer label map ``(1, X, Y, Z)``: one per label id, or one per connected
+    component: ``(list[SparseMask], provenance)``.
 
     Args:
-        label_key: channel-first label map ``(1, X, Y, Z)`` on the image grid.
         connected_components: split every label into its connected components (26-connected).
         min_voxels: drop components smaller than this (only with ``connected_components``).
     """
 
-    def __init__(
-        self,
-        label_key: str = "label",
-        connected_components: bool = False,
-        min_voxels: int = 1,
-        masks_key: str = "masks",
-        provenance_key: str = "mask_provenance",
-    ) -> None:
-        self.label_key, self.cc, self.min_voxels = label_key, connected_components, min_voxels
-        self.masks_key, self.provenance_key = masks_key, provenance_key
+    def __init__(self, connected_components: bool = False, min_voxels: int = 1) -> None:
+        self.cc, self.min_voxels = connected_components, min_voxels
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        if self.label_key not in d:
-            raise KeyError(f"label map source needs '{self.label_key}' in the data (give a label for every image)")
-        raw = d[self.label_key]
-        check_label_values(raw, str(getattr(raw, "meta", {}).get("filename_or_obj", self.label_key)))
+    def __call__(self, raw: Any) -> tuple[list[SparseMask], list[dict]]:
+        check_label_values(raw, str(getattr(raw, "meta", {}).get("filename_or_obj", "label map")))
         lab = np.asarray(raw)[0].astype(np.int64)
         masks, ids = masks_from_labels(lab)
         prov = [{"source": "labelmap", "label": i} for i in ids]
@@ -196,5 +180,64 @@ class LabelMapMasksd(Transform):
                     )
                     cp.append(dict(p, component=c))
             masks, prov = cm, cp
+        return masks, prov
+
+
+class _MaskSourced(MapTransform):
+    """Dictionary form of a mask source: the masks of every key in ``keys`` (in order) go to ``masks_key``
+    (a list of ``SparseMask``) and their provenance to ``provenance_key``; both replace earlier entries."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source: Callable[[Any], tuple[list[SparseMask], list[dict]]],
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.source, self.masks_key, self.provenance_key = source, masks_key, provenance_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        missing = [k for k in self.keys if k not in d]
+        if missing and not self.allow_missing_keys:
+            raise KeyError(f"{type(self).__name__} needs {missing} in the data (give it for every image)")
+        masks: list[SparseMask] = []
+        prov: list[dict] = []
+        for key in self.key_iterator(d):
+            m, p = self.source(d[key])
+            masks += m
+            prov += p
         d[self.masks_key], d[self.provenance_key] = masks, prov
         return d
+
+
+class SLICMasksd(_MaskSourced):
+    """Dictionary form of :class:`SLICMasks`: ``keys`` are the images (default ``"image"``); other arguments
+    as :class:`SLICMasks`, plus ``masks_key``, ``provenance_key`` and ``allow_missing_keys``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, SLICMasks(**kwargs), masks_key, provenance_key, allow_missing_keys)
+
+
+class LabelMapMasksd(_MaskSourced):
+    """Dictionary form of :class:`LabelMapMasks`: ``keys`` are the label maps (default ``"label"``); other
+    arguments as :class:`LabelMapMasks`, plus ``masks_key``, ``provenance_key`` and ``allow_missing_keys``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        masks_key: str = "masks",
+        provenance_key: str = "mask_provenance",
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, LabelMapMasks(**kwargs), masks_key, provenance_key, allow_missing_keys)

@@ -18,7 +18,7 @@ from components.maskgen.postprocess import MaskPostprocessd, largest_cc_touching
 from components.maskgen.quality import dice_table, evaluate_maskset, main, quality_summary
 from components.maskgen.sam2.intensity import SAM2Intensity
 from components.maskgen.slices import SeedSlicesd, seed_slices, select_slice_axis
-from components.maskgen.sources import LabelMapMasksd, SLICMasksd
+from components.maskgen.sources import LabelMapMasks, LabelMapMasksd, SLICMasksd
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,22 @@ def test_labelmap_source_is_exact_on_ras_grid(itk, tmp_path):
     assert q["share_labels_with_mask_at_threshold"] == 1.0 and min(r["best_dice"] for r in q["per_label"]) == 1.0
     cc = LabelMapMasksd(connected_components=True, min_voxels=1)(itk)
     assert len(cc["masks"]) >= len(d["masks"]) and all("component" in p for p in cc["mask_provenance"])
+
+
+def test_sources_take_keys_like_monai_dictionary_transforms(itk):
+    """The dictionary sources read the keys they are given, equal their array forms, name a missing key, and
+    the post-processing works on the masks key it is given."""
+    masks, prov = LabelMapMasks()(itk["label"])
+    d = LabelMapMasksd(keys="seg", masks_key="found", provenance_key="found_prov")({"seg": itk["label"]})
+    assert [m.bbox for m in d["found"]] == [m.bbox for m in masks] and d["found_prov"] == prov
+    with pytest.raises(KeyError, match="seg"):
+        LabelMapMasksd(keys="seg")({"label": itk["label"]})
+    assert LabelMapMasksd(keys="seg", allow_missing_keys=True)({"label": itk["label"]})["masks"] == []
+    post = MaskPostprocessd(keys="found", provenance_key="found_prov", min_voxels=1, reference_spacing=(1, 1, 1))
+    out = post({**d, "image": itk["image"]})
+    assert 0 < len(out["found"]) <= len(masks) and len(out["found_prov"]) == len(out["found"])
+    with pytest.raises(ValueError, match="one masks key"):
+        MaskPostprocessd(keys=("a", "b"))
 
 
 def test_quality_cli(itk, tmp_path, capsys):

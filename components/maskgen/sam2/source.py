@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Transform
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
 from components.maskgen.postprocess import scaled_min_size
 from components.maskgen.sam2.masks2d import auto_masks_2d, make_mask_generator
@@ -34,10 +35,12 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-class SAM2MaskSourced(Transform):
-    """Generate 3D masks with SAM2 for the 3-channel volume ``d[rgb_key]`` and the plan ``d[plan_key]``.
+class SAM2MaskSourced(MapTransform):
+    """Generate 3D masks with SAM2 for the 3-channel volume ``d[key]`` (``keys``: one key, default ``"rgb"``)
+    and the plan ``d[plan_key]``; writes ``d[masks_key]`` (list of ``SparseMask``), ``d[provenance_key]``.
 
     Args:
+        keys: the key of the 3-channel volume (one key: the slice plan belongs to that volume).
         sam2_config: sam2 config name (release: ``configs/sam2.1/sam2.1_hiera_l.yaml``).
         sam2_checkpoint: SAM2 checkpoint; None gives random weights (tests/benchmarks; then set the
             ``amg_params`` thresholds to 0 or no mask survives).
@@ -59,6 +62,7 @@ class SAM2MaskSourced(Transform):
 
     def __init__(
         self,
+        keys: KeysCollection = "rgb",
         sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml",
         sam2_checkpoint: str | None = None,
         device: str | torch.device = "cpu",
@@ -73,9 +77,7 @@ class SAM2MaskSourced(Transform):
         amg_autocast: bool | None = None,
         cache_features: bool = True,
         offload_state_to_cpu: bool = False,
-        rgb_key: str = "rgb",
         plan_key: str = "slice_plan",
-        image_key: str = "image",
         masks_key: str = "masks",
         provenance_key: str = "mask_provenance",
         seed: int = 0,
@@ -89,7 +91,12 @@ class SAM2MaskSourced(Transform):
         self.batched, self.autocast, self.cache_features = batched, autocast, cache_features
         self.amg_autocast = (self.device.type == "cuda") if amg_autocast is None else amg_autocast
         self.offload_state_to_cpu = offload_state_to_cpu
-        self.rgb_key, self.plan_key, self.image_key = rgb_key, plan_key, image_key
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(
+                f"SAM2MaskSourced takes one volume key (its slice plan is in {plan_key!r}), got {self.keys}"
+            )
+        self.plan_key = plan_key
         self.masks_key, self.provenance_key, self.seed = masks_key, provenance_key, seed
         self._predictor: Any = predictor
         self._generator: Any = make_mask_generator(predictor, self.amg_params) if predictor is not None else None
@@ -107,7 +114,7 @@ class SAM2MaskSourced(Transform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         pred = self.predictor
-        rgb = torch.as_tensor(d[self.rgb_key]).float()
+        rgb = torch.as_tensor(d[self.keys[0]]).float()
         shape = tuple(rgb.shape[1:])
         tm: dict[str, float] = dict(d.get("timings") or {})
         masks: list = []
