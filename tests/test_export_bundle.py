@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,82 @@ def test_demo_weights_of_another_preset_export_under_their_own_preset(tmp_path):
     torch.save(FixedClassNet("tiny", num_classes=3).state_dict(), other)
     with pytest.raises(ValueError, match="fixed_class.pt: weights do not load into the exported network_def"):
         _exporter().export_bundle("mass_pretrain", str(tmp_path / "c"), weights=str(other))
+
+
+def test_zoo_pr_layout_exclusions_and_description(tmp_path):
+    """``--zoo_pr``: the four bundles under ``models/``, styled for the zoo (JSON at indent 4 with ASCII escapes, no
+    executable bits), no weights and no ``large_files.yml`` without a url, the exclusions each bundle needs with their
+    reasons, the zoo's list file with them added, and a pull-request text in the zoo's template without eval_metrics."""
+    import ast as ast_
+
+    zoo = tmp_path / "zoo"
+    (zoo / "ci").mkdir(parents=True)
+    (zoo / "ci" / "bundle_custom_data.py").write_text(
+        'exclude_verify_shape_list = ["a"]\n\nexclude_verify_preferred_files_list = ["b", "c"]\n\n'
+        'exclude_verify_torchscript_list = [\n    "d",\n    "e",\n]\n\nexclude_download_large_file_list = ["x"]\n'
+    )
+    res = _exporter().write_zoo_pr(str(tmp_path / "pr"), zoo_repo=str(zoo))
+    pr = tmp_path / "pr"
+    assert sorted(p.name for p in (pr / "models").iterdir()) == sorted(BUNDLES)
+    for name in BUNDLES:
+        b = pr / "models" / name
+        assert not (b / "models").exists() and not (b / "large_files.yml").exists()
+        for f in b.rglob("*"):
+            assert f.stat().st_mode & 0o111 == (0o111 if f.is_dir() else 0), f
+        for cfg in (b / "configs").glob("*.json"):
+            text = cfg.read_text()
+            assert text == json.dumps(json.loads(text), indent=4) + "\n", cfg  # pre-commit pretty-format-json
+    ex = res["exclusions"]
+    assert set(ex["exclude_verify_shape_list"]) == {"mass_maskgen", "mass_pretrain"}
+    assert "3 inputs" in ex["exclude_verify_shape_list"]["mass_pretrain"]
+    assert set(ex["exclude_verify_preferred_files_list"]) == set(BUNDLES)  # no weights published
+    assert json.loads((pr / "ci_exclusions.json").read_text()) == ex
+    lists = {
+        n.targets[0].id: ast_.literal_eval(n.value)
+        for n in ast_.parse((pr / "ci" / "bundle_custom_data.py").read_text()).body
+        if isinstance(n, ast_.Assign)
+    }
+    assert lists["exclude_verify_shape_list"] == ["a", "mass_maskgen", "mass_pretrain"]
+    assert lists["exclude_verify_preferred_files_list"] == ["b", "c", *BUNDLES]
+    assert lists["exclude_verify_torchscript_list"][:2] == ["d", "e"] and lists["exclude_download_large_file_list"] == [
+        "x"
+    ]
+    text = (pr / "PULL_REQUEST.md").read_text()
+    for heading in ("### Description", "### Status", "### Please ensure all the checkboxes:"):
+        assert heading in text
+    assert "No `eval_metrics`" in text and "Work in progress" in text
+
+
+def test_zoo_pr_weights_go_to_the_upload_folder_with_real_urls(tmp_path):
+    from tests.zoo._exports import random_weights
+
+    random_weights("mass_probe", tmp_path / "probe.pt")
+    res = _exporter().write_zoo_pr(
+        str(tmp_path / "pr"),
+        weights={"mass_probe": str(tmp_path / "probe.pt")},
+        weights_url="https://host/mass/",
+        eval_metrics={"mass_probe": {"accuracy": 0.75}},
+    )
+    pr = tmp_path / "pr"
+    assert res["hosted"] == ["mass_probe"]
+    up = pr / "weights" / "mass_probe" / "model.pt"
+    large = (pr / "models" / "mass_probe" / "large_files.yml").read_text()
+    assert 'url: "https://host/mass/mass_probe/model.pt"' in large and 'path: "models/model.pt"' in large
+    assert f'hash_val: "{hashlib.sha256(up.read_bytes()).hexdigest()}"' in large
+    assert "mass_probe" not in res["exclusions"].get("exclude_verify_preferred_files_list", {})
+    meta = json.loads((pr / "models" / "mass_probe" / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"] == {"accuracy": 0.75}
+    assert "accuracy = 0.75" in (pr / "PULL_REQUEST.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eval_metrics": {"mass_probe": {"accuracy": 1.0}}}, "mass_probe'] have no --weights"),
+        ({"weights": {"mass_maskgen": "x.pt"}}, "mass_maskgen has no network weights of its own"),
+        ({"weights": {"mass_other": "x.pt"}}, "unknown bundle"),
+    ],
+)
+def test_zoo_pr_refuses_what_the_zoo_would_get_wrong(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _exporter().write_zoo_pr(str(tmp_path / "pr"), **kwargs)
