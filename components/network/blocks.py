@@ -22,31 +22,31 @@ from torch import nn
 NORM_EPS = 1e-4  # the release's encoder/decoder instance norms; conformance depends on it
 
 
-@torch.jit.unused
-def _onednn_fp32(x: torch.Tensor) -> bool:
-    """True where PyTorch may route a float32 CPU convolution elsewhere but oneDNN is there and enabled."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not x.is_mkldnn
-        and torch.backends.mkldnn.is_available()
-        and torch._C._get_mkldnn_enabled()
-    )
+def _onednn_enabled() -> bool:
+    """oneDNN is built in and not switched off (``torch.backends.mkldnn.flags``); TorchScript assumes it is."""
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch
+        return True
+    else:
+        return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same parameters and state-dict keys) whose float32 CPU calls always run on oneDNN.
+    """Stride-1 ``nn.Conv3d`` (same parameters and state-dict keys) whose float32 CPU calls always run on oneDNN.
 
-    Values agree with ``nn.Conv3d`` to float32 rounding; gradients flow as usual. TorchScript and other
-    devices and dtypes take ``nn.Conv3d``'s own path.
+    Values agree with ``nn.Conv3d`` to float32 rounding; gradients flow as usual. Other devices and dtypes
+    take ``nn.Conv3d``'s own path. Eager and TorchScript (model-zoo ``ckpt_export``) run the same kernels.
     """
 
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> None:
+        super().__init__(in_ch, out_ch, kernel_size, padding=padding, bias=bias)
+        self.same_padding = [int(padding)] * 3  # a list of ints, as the oneDNN op takes it (also in TorchScript)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or self.padding_mode != "zeros" or not _onednn_fp32(x):
-            return self._conv_forward(x, self.weight, self.bias)
-        return torch.ops.aten.mkldnn_convolution(
-            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
-        )
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not x.is_mkldnn and _onednn_enabled():
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, self.same_padding, [1, 1, 1], [1, 1, 1], 1
+            )
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class NormActConv(nn.Module):
