@@ -48,6 +48,30 @@ def pixel_unshuffle_3d(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.reshape(b, c * s * s * s, d, h, w)
 
 
+def conv3d_one_channel(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """3x3x3 zero-padded convolution of single-channel volumes: x[N, 1, D, H, W], weight[1, 1, 3, 3, 3] -> [N, 1, D, H, W].
+
+    27 multiply-adds of shifted copies: on the flattened padded volume a shift by (a, b, c) is a constant
+    offset, so every tap reads one contiguous run. Same values as ``F.conv3d`` to float32 rounding (the taps
+    are summed in another order) and differentiable; on CPU about 3x faster than oneDNN and 2x faster than
+    ``slow_conv3d`` for one channel, where both kernels vectorise poorly. No bias. The result is a
+    non-contiguous view.
+    """
+    n, _, d, h, w = x.shape
+    hp, wp = h + 2, w + 2
+    padded = F.pad(x, (1, 1, 1, 1, 1, 1)).reshape(n, (d + 2) * hp * wp)
+    length = padded.shape[1] - (2 * hp * wp + 2 * wp + 2)  # outputs whose every tap lies inside the volume
+    acc = torch.zeros_like(padded)
+    run = acc[:, :length]
+    taps = weight.reshape(27)
+    for a in range(3):
+        for b in range(3):
+            for c in range(3):
+                off = (a * hp + b) * wp + c
+                run.addcmul_(padded[:, off : off + length], taps[(a * 3 + b) * 3 + c])
+    return acc.reshape(n, 1, d + 2, hp, wp)[:, :, :d, :h, :w]
+
+
 def _linear_upsample_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
     """Matrix A[n_out, n_in] of 1-D linear interpolation (align_corners=True), as F.interpolate does."""
     eye = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(1)  # [n_in, 1, n_in]
@@ -148,8 +172,12 @@ class TaskEncoderStage(nn.Module):
             assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)  # (for mypy)
             act_img = self.merge[1](F.instance_norm(full))
             act_mask = self.merge[1](F.instance_norm(masks.reshape(b * m, 1, dd, hh, ww)))
-            img_term = F.conv3d(act_img, weight[:, :1], bias, padding=1)
-            mask_term = F.conv3d(act_mask, weight[:, 1:], None, padding=1)
+            if full.device.type == "cpu":
+                img_term = conv3d_one_channel(act_img, weight[:, :1]) + bias.reshape(1, 1, 1, 1, 1)
+                mask_term = conv3d_one_channel(act_mask, weight[:, 1:])
+            else:
+                img_term = F.conv3d(act_img, weight[:, :1], bias, padding=1)
+                mask_term = F.conv3d(act_mask, weight[:, 1:], None, padding=1)
             fused = (mask_term.reshape(b, m, dd, hh, ww) + img_term).reshape(b * m, 1, dd, hh, ww)
         else:
             full_rep = full.unsqueeze(1).expand(-1, m, -1, -1, -1, -1).reshape(b * m, 1, dd, hh, ww)
