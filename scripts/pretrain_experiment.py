@@ -6,7 +6,7 @@ measures held-out in-context Dice: MNI152's SAMSEG structures segmented from Col
 (MNI152 is never trained on). Classes: the five few-shot demo classes plus every structure of at
 least 1 cm^3 in both brains. Each evaluation encodes the Colin27 references with the EMA weights
 (``components.inference.support.encode_support``) and segments the whole MNI152 volume with sliding windows
-(``components.fewshot.evaluate.evaluate``), exactly as the few-shot IC mode does.
+(``components.inference.evaluate.evaluate``), exactly as the few-shot IC mode does.
 
 Mask sources: ``labels`` (the SAMSEG label maps of the training brains, through the maskgen bundle's
 ``labelmap`` source: the upper bound) or ``slic`` (SLIC supervoxels of every training volume, MRI and CT,
@@ -159,7 +159,7 @@ class CurveRecorder:
 
     def evaluate(self, weights: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         """Held-out in-context Dice with the largest-component step (as released) and without it."""
-        from components.fewshot.evaluate import evaluate
+        from components.inference.evaluate import evaluate
         from components.inference.incontext import segment_in_chunks
         from components.inference.support import encode_support
         from components.network.nets import build_network

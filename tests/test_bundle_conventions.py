@@ -68,3 +68,37 @@ def test_components_resolve_from_a_copied_bundle(tmp_path: Path) -> None:
         timeout=300,
     )
     assert Path((tmp_path / "where.txt").read_text()).resolve().is_relative_to(dst.resolve())
+
+
+def _walk(node: object, key: str = ""):  # (key, value) of every leaf of a parsed config
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, k)
+    elif isinstance(node, list) and not all(isinstance(v, (int, float)) for v in node):
+        for v in node:
+            yield from _walk(v, key)
+    else:
+        yield key, node
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_configs_read_like_zoo_configs(name: str) -> None:
+    """At most two Python expressions calling into ``components`` per config (the rest are ``_target_``
+    entries with named arguments), and the encoder's intensity settings written as values equal to the
+    ones the components default to, so a user sees and sets them in the config (maskgen's are SAM2's own
+    display windows)."""
+    from components.data.intensity import CT_WINDOW, MR_PERCENTILES
+
+    for cfg in sorted((REPO / "bundles" / name / "configs").glob("*.json")):
+        leaves = list(_walk(json.loads(cfg.read_text())))
+        calls = [
+            v
+            for _, v in leaves
+            if isinstance(v, str) and v.startswith("$") and "components." in v and not v.startswith("$import")
+        ]
+        assert len(calls) <= 2, f"{cfg.name}: {len(calls)} expressions call components: {calls}"
+        for key, value in leaves if name != "mass_maskgen" else []:
+            if key == "ct_window":
+                assert value == list(CT_WINDOW) or str(value).startswith("@"), f"{cfg.name}: ct_window {value}"
+            if key in ("mr_percentiles", "percentiles"):
+                assert value == list(MR_PERCENTILES) or str(value).startswith("@"), f"{cfg.name}: {key} {value}"

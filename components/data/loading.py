@@ -37,6 +37,7 @@ from monai.transforms import (
     Spacingd,
     Transform,
 )
+from monai.utils import ensure_tuple
 
 from components.io.errors import VolumeError
 
@@ -223,8 +224,9 @@ class CheckVolumed(MapTransform):
 
     Checks (after ``LoadVolumed``; arrays are channel-first ``[C, X, Y, Z]``): one channel and three
     spatial dimensions, no empty dimension, not all-NaN (a few NaN/inf voxels are replaced by the
-    finite minimum, with a warning), optionally not constant, and every non-image key on exactly the
-    grid (shape and affine) of ``image_key``.
+    finite minimum, with a warning), optionally not constant, every non-image key on exactly the
+    grid (shape and affine) of ``image_key``, and the ``label_keys`` holding whole class ids only
+    (:func:`check_label_values`).
     """
 
     def __init__(
@@ -234,9 +236,11 @@ class CheckVolumed(MapTransform):
         allow_constant: bool = True,
         affine_atol: float = 1e-3,
         allow_missing_keys: bool = False,
+        label_keys: KeysCollection = (),
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.label_keys = list(ensure_tuple(label_keys))
         self.allow_constant = allow_constant
         self.affine_atol = affine_atol
 
@@ -288,6 +292,8 @@ class CheckVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self._check_one(key, d[key])
+            if key in self.label_keys:
+                check_label_values(d[key], _source(d[key], str(key)))
         ref = d.get(self.image_key)
         if ref is None:
             return d

@@ -20,7 +20,7 @@ from components.io.atomic import atomic_json
 from components.io.checks import read_json
 from components.io.errors import VolumeError
 
-__all__ = ["make_split", "load_split", "check_labelled", "sample_support"]
+__all__ = ["make_split", "load_split", "validation_items", "check_labelled", "sample_support"]
 
 
 def make_split(
@@ -81,6 +81,14 @@ def load_split(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     if not split["val"]:
         split["val"] = list(split["train"])
     return split
+
+
+def validation_items(split_file: str | os.PathLike, fallback: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``val`` part of ``split_file`` (:func:`load_split`), or ``fallback`` (e.g. the training volumes) when
+    there is no split file: MONAI Label's stock apps hand a bundle their labelled images, not a split."""
+    if os.path.isfile(split_file):
+        return load_split(split_file)["val"]
+    return [dict(d) for d in fallback]
 
 
 def check_labelled(data: Sequence[Mapping[str, Any]]) -> None:

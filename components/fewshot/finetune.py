@@ -6,9 +6,10 @@
 * :func:`build_finetune_network` — ``FixedClassNet`` whose encoder/decoder/head come from that
   network and whose class embeddings are the averaged task embeddings of the K training
   references (as the release initialises finetuning).
-* :func:`finetune_transforms` — training pipeline: :func:`~components.data.preprocessing.preprocessing` then
-  patches centred on a random target class (MONAI ``RandCropByLabelClassesd``) and light intensity
-  augmentation.
+
+The training transforms are listed in ``mass_fewshot/configs/train.json`` (``train#deterministic_transforms``:
+the preprocessing of :func:`~components.data.preprocessing.preprocessing`, reused by validation;
+``train#random_transforms``: patches centred on a random target class and light intensity augmentation).
 
 Example::
 
@@ -24,20 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.transforms import (
-    Compose,
-    EnsureTyped,
-    RandCropByLabelClassesd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
-)
 
 from components.data.classes import FewShotClass, parse_classes
-from components.data.preprocessing import preprocessing
 from components.inference.support import encode_support
 
-__all__ = ["INIT_CHOICES", "build_incontext_network", "build_finetune_network", "finetune_transforms"]
+__all__ = ["INIT_CHOICES", "build_incontext_network", "build_finetune_network"]
 
 logger = logging.getLogger(__name__)
 INIT_CHOICES = ("scratch", "pretrained", "release")
@@ -103,35 +95,3 @@ def build_finetune_network(
     model = FixedClassNet.from_incontext(net, task)
     model.class_names = [c.name for c in classes]
     return model
-
-
-def finetune_transforms(
-    classes: Sequence[FewShotClass] | Mapping[str, Any],
-    spacing: Sequence[float] | None = (2.0, 2.0, 2.0),
-    patch_size: Sequence[int] = (64, 64, 64),
-    num_samples: int = 2,
-    modality: str = "mr",
-) -> Compose:
-    """Training transforms: preprocessing, class masks ``[N, ...]``, ``num_samples`` patches per volume.
-
-    Each patch is centred on a voxel of a randomly chosen target class (equal ratios), so small
-    structures are seen as often as large ones; intensity scale/shift augmentation with p = 0.2.
-    """
-    classes = parse_classes(classes) if isinstance(classes, Mapping) else list(classes)
-    xs = preprocessing(("image", "label"), spacing=spacing, modality=modality, classes=classes)
-    xs += [
-        SpatialPadd(("image", "label"), spatial_size=tuple(patch_size), mode="minimum"),
-        RandCropByLabelClassesd(
-            ("image", "label"),
-            label_key="label",
-            spatial_size=tuple(patch_size),
-            num_classes=len(classes),
-            ratios=[1.0] * len(classes),
-            num_samples=num_samples,
-            warn=False,
-        ),
-        RandScaleIntensityd("image", factors=0.1, prob=0.2),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.2),
-        EnsureTyped(("image", "label"), dtype=torch.float32, track_meta=False),
-    ]
-    return Compose(xs)

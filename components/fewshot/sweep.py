@@ -8,7 +8,7 @@ Each combination is a *run key* ``<init>-<mode>-k<shots>-s<seed>``. A run:
   cosine, early stopping) through MONAI's ``ConfigWorkflow`` on the same K volumes, then segments the
   test volumes with the best checkpoint.
 
-Scores (:func:`components.fewshot.evaluate.evaluate`) are written to ``<out>/runs/<key>/result.json``
+Scores (:func:`components.inference.evaluate.evaluate`) are written to ``<out>/runs/<key>/result.json``
 (temp name, then rename) and logged to MLflow (params mode, shots, seed, init, dataset, preset, ...;
 metrics ``dice_<class>``, ``hd95_<class>``, ``dice_mean``, ``hd95_mean``; tag ``run_key``). A sweep
 started again skips every key with a FINISHED MLflow run, and re-logs (without recomputing) keys whose
@@ -46,8 +46,8 @@ import torch
 
 from components.data.classes import parse_classes
 from components.data.splits import load_split, sample_support
-from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
+from components.inference.evaluate import evaluate
 from components.inference.incontext import segment_in_chunks
 from components.inference.support import encode_support
 from components.io.atomic import atomic_json
@@ -84,7 +84,7 @@ def _fixed_class_predictor(preset: str, num_classes: int, ckpt: Path, device: st
 
 
 def run_one(cfg: Mapping[str, Any], init: str, mode: str, shots: int, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Compute one sweep run; returns the :func:`~components.fewshot.evaluate.evaluate` summary (+ timing)."""
+    """Compute one sweep run; returns the :func:`~components.inference.evaluate.evaluate` summary (+ timing)."""
     t0 = time.time()
     classes = parse_classes(cfg["classes"])
     split = load_split(cfg["split_file"])

@@ -69,6 +69,34 @@ def pair_masksets(
     return out
 
 
+def pretrain_split(
+    datalist: str | os.PathLike,
+    mask_dir: str | os.PathLike,
+    section: str | None = "all",
+    mask_pattern: str = "{stem}.mset",
+    val_names: Sequence[str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """``{"train": [...], "val": [...]}``: the volumes of ``datalist`` (a datalist JSON or a folder,
+    :func:`~components.data.datalist.build_datalist`) paired with their mask sets (:func:`pair_masksets`),
+    the volumes whose stem is in ``val_names`` held out for validation. ``val_names=None``: the last
+    volume when there are several, none otherwise; a name matching no volume raises ``InputError``.
+    """
+    from components.data.datalist import build_datalist
+
+    data = pair_masksets(build_datalist(datalist, section=section), mask_dir, mask_pattern)
+    stems = [volume_stem(d["image"]) for d in data]
+    if val_names is None:
+        val_names = stems[-1:] if len(data) > 1 else []
+    unknown = sorted(set(val_names) - set(stems))
+    if unknown:
+        raise InputError(f"val_names {unknown} match no volume of {datalist} (stems: {stems[:5]}...)")
+    held = set(val_names)
+    return {
+        "train": [d for d, s in zip(data, stems) if s not in held],
+        "val": [d for d, s in zip(data, stems) if s in held],
+    }
+
+
 def check_maskset_source(mask_path: str | os.PathLike, image: str | os.PathLike) -> None:
     """Raise :class:`VolumeError` if the mask set at ``mask_path`` was made from another image than ``image``.
 

@@ -14,7 +14,7 @@ import torch
 
 from components.data.classes import FewShotClass
 from components.data.loading import load_volume
-from components.fewshot.evaluate import evaluate
+from components.inference.evaluate import evaluate
 from components.io.atomic import atomic_json
 from components.io.cli import guarded
 from components.io.errors import RunFailedError

@@ -10,7 +10,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
+from components.data.preprocessing import preprocessing
 from components.network.nets import FixedClassNet
 from tests._bundles import bundle_dir, bundle_workflow
 
@@ -78,6 +80,17 @@ def test_train_workflow_properties_and_metadata(meta_schema: dict, tmp_path: Pat
     assert isinstance(net, FixedClassNet) and net.num_classes == len(channel_def) - 1
     # class embeddings start from the averaged task embedding of the training reference(s)
     assert (tmp_path / "init_task.pt").is_file()
+    # the transforms listed in train.json give exactly the one preprocessing of every in-context path
+    item = wf.parser.get_parsed_content("support")[0]
+    classes = wf.parser.get_parsed_content("class_list")
+    listed = Compose(wf.parser.get_parsed_content("train#deterministic_transforms"))(dict(item))
+    shared = Compose(preprocessing(["image", "label"], [3.0, 3.0, 3.0], "mr", classes=classes))(dict(item))
+    for key in ("image", "label"):
+        assert torch.equal(listed[key].as_tensor(), shared[key].as_tensor()), key
+        assert np.allclose(listed[key].affine, shared[key].affine), key
+    assert listed["label"].shape[0] == len(classes)
+    patches = wf.parser.get_parsed_content("train#preprocessing")(dict(item))
+    assert len(patches) == 2 and all(tuple(x["image"].shape[1:]) == (48, 48, 48) for x in patches)
 
 
 def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: Path) -> None:
@@ -87,8 +100,8 @@ def test_deployed_inference_equals_sweep_prediction(demo_data: Path, tmp_path: P
     minimum, not 0) and blending (sigmoid per window) must be the sweep's for the maps to agree.
     """
     from components.data.classes import parse_classes
-    from components.fewshot.evaluate import evaluate
     from components.fewshot.sweep import _fixed_class_predictor
+    from components.inference.evaluate import evaluate
     from tests.serve._live import bundle_run
 
     inference = json.loads((BUNDLE / "configs/inference.json").read_text())

@@ -10,7 +10,7 @@ import torch
 
 from components.data.classes import parse_classes
 from components.data.splits import load_split
-from components.fewshot.evaluate import evaluate
+from components.inference.evaluate import evaluate
 from components.network.nets import FixedClassNet
 from tests._bundles import bundle_dir, bundle_workflow
 

@@ -13,8 +13,8 @@ import torch
 
 from components.data.classes import parse_classes
 from components.data.splits import load_split, sample_support
-from components.fewshot.evaluate import evaluate
 from components.fewshot.finetune import build_incontext_network
+from components.inference.evaluate import evaluate
 from components.inference.support import EmptyReferenceError, encode_support, load_or_encode_task
 from components.io.errors import VolumeError
 

@@ -13,7 +13,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.metrics import HausdorffDistanceMetric
 
-from components.fewshot.evaluate import HausdorffDistanceMM
+from components.inference.evaluate import HausdorffDistanceMM
 from components.network.nets import FixedClassNet
 from tests._bundles import bundle_dir, bundle_workflow
 
