@@ -244,3 +244,21 @@ def test_sampler_gives_each_rank_different_ids_every_epoch(dataset):
     assert not set(a) & set(e1[0])
     a.skip = 3
     assert list(a) == [8 + 6]
+
+
+def test_pretrain_split_holds_out_named_volumes_or_the_last(tmp_path):
+    from components.io.errors import InputError
+    from components.pretrain.volumes import pretrain_split
+
+    masks = masksets_from_labels(tmp_path / "masks", max_ids=2)
+    (tmp_path / "data").mkdir()
+    for n in ("colin27", "mni152"):
+        (tmp_path / "data" / f"{n}_t1.nii.gz").symlink_to(DEMO / f"{n}_t1.nii.gz")
+    default = pretrain_split(tmp_path / "data", masks)
+    assert [d["image"].split("/")[-1] for d in default["val"]] == ["mni152_t1.nii.gz"]
+    assert [d["image"].split("/")[-1] for d in default["train"]] == ["colin27_t1.nii.gz"]
+    named = pretrain_split(tmp_path / "data", masks, val_names=["colin27_t1"])
+    assert [d["image"].split("/")[-1] for d in named["val"]] == ["colin27_t1.nii.gz"]
+    assert pretrain_split(tmp_path / "data", masks, val_names=[])["val"] == []
+    with pytest.raises(InputError, match="brain_9"):
+        pretrain_split(tmp_path / "data", masks, val_names=["brain_9"])
