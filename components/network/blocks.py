@@ -10,7 +10,13 @@ CPU speed (profiled against the release, ``benchmarks/vs_release.py --profile Tr
   9x slower at 16->16 channels on 32^3, 4x at 32->32 on 16^3 (one thread);
 * a residual block that changes the channel count normalises its input once for both of its
   convolutions (the instance norms have no parameters, so both see the same activation), ReLUs
-  and residual sums run in place.
+  and residual sums run in place;
+* inference without autograd on CPU float32 keeps the U-Net's feature maps channels-last
+  (``torch.channels_last_3d``, from the stem on): oneDNN then convolves without converting each input
+  to its blocked layout and back (32->32 channels at 96^3: 0.43 -> 0.30 s, 2 threads). The instance
+  norms of such maps are computed in two passes (mean, then the mean squared deviation), because
+  PyTorch's channels-last norm kernels sum squares in float32 (rel. error 2e-4 on inputs of mean 30,
+  0.03 for group norm). Switch off with ``torch.backends.mkldnn.flags(enabled=False)``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ def _onednn_enabled() -> bool:
         return True
     else:
         return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+
+
+def channels_last_inference(x: torch.Tensor) -> bool:
+    """Whether feature maps like ``x`` run channels-last: CPU float32 inference (no autograd) on oneDNN."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and _onednn_enabled()
+
+
+def _instance_norm_relu_channels_last(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """ReLU(InstanceNorm(x)) of a channels-last map, two-pass statistics, no autograd. Same layout out."""
+    dims = (2, 3, 4)
+    centred = x - x.mean(dims, keepdim=True)
+    var = torch.zeros_like(centred[:, :, :1, :1, :1])
+    for slab in centred.split(8, dim=2):  # squares in slabs: no second map-sized temporary
+        var += slab.square().sum(dims, keepdim=True)
+    var /= x.shape[2] * x.shape[3] * x.shape[4]
+    return centred.mul_(torch.rsqrt(var.add_(eps))).relu_()
 
 
 class Conv3d(nn.Conv3d):
@@ -63,6 +85,8 @@ class NormActConv(nn.Module):
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU(InstanceNorm(x)), the input of ``conv``."""
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.requires_grad:
+            return _instance_norm_relu_channels_last(x, self.norm.eps)
         return self.act(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +134,12 @@ class StemBlock(nn.Module):
         self.conv2 = ResidualBlock(out_ch, out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x))
+        if not channels_last_inference(x):
+            return self.conv2(self.conv1(x))
+        # canonical channels-last strides: oneDNN's layout choice for a one-channel input follows the stride
+        # of its size-1 channel dim, which differs between a volume and a sliding-window patch of it
+        h = self.conv1(x.clone(memory_format=torch.channels_last_3d))
+        return self.conv2(h.contiguous(memory_format=torch.channels_last_3d))
 
 
 class DownStage(nn.Module):

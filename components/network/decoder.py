@@ -28,7 +28,7 @@ class TokenVoxelFusion(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, d, h, w = x.shape
         _, m, t, _ = tokens.shape
-        v = x.reshape(b, c, -1).transpose(1, 2)
+        v = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # a view of a channels-last map
         q = tokens.reshape(b, m * t, c)
         for layer in self.attn_layers:
             v, q = layer(v, q)
@@ -98,5 +98,6 @@ class DynamicKernelHead(nn.Module):
     def forward(self, x: torch.Tensor, kept: list[torch.Tensor]) -> torch.Tensor:
         k = self.kernels(kept)
         b, c, d, h, w = x.shape
-        out = torch.bmm(k, x.reshape(b, c, -1))
+        # [B, M, C] x [B, C, DHW]; a channels-last x is read through a transposed view, not copied
+        out = torch.bmm(k, x.permute(0, 2, 3, 4, 1).reshape(b, -1, c).transpose(1, 2))
         return out.reshape(b, k.shape[1], d, h, w)

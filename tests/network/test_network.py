@@ -124,6 +124,23 @@ def test_memory_efficient_equals_straightforward_values_and_gradients(inputs):
         torch.testing.assert_close(g_lean[k], g_plain[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
 
 
+def test_channels_last_inference_equals_the_autograd_path(tiny, inputs, encoded):
+    """Without autograd on CPU the U-Net maps run channels-last (two-pass instance norms); the logits equal
+    those of the default-layout path that training takes, and a map of a 1-channel input of odd strides
+    (a sliding-window patch) takes the same route."""
+    query, _, _ = inputs
+    task, logits = encoded
+    with torch.no_grad():
+        feats = tiny.encoder(query)
+    assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in feats[:3])
+    assert not any(f.is_contiguous() for f in feats[:3])
+    plain = tiny.segment(query, task).detach()  # grad enabled: default layout, PyTorch's instance norm
+    assert (logits - plain).norm() / plain.norm() < 1e-5
+    patch = torch.randn(1, 2, *SHAPE)[:, 1:]  # same shape, channel stride 16*32*32
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.segment(patch, task), tiny.segment(patch.contiguous(), task))
+
+
 def test_mask_pooling_is_adjoint_of_trilinear_upsampling():
     g = torch.Generator().manual_seed(3)
     feat = torch.randn(1, 3, 4, 2, 8, generator=g, dtype=torch.float64)
