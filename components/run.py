@@ -1,7 +1,7 @@
 """``python -m components.run <command> ...``: MONAI's bundle commands with one error line per failure.
 
 The same commands and options as ``python -m monai.bundle`` (``run``, ``verify_metadata``,
-``ckpt_export`` ...), run under :func:`components.io.cli.guarded`: a bad input prints
+``ckpt_export`` ...), run under :func:`components.checks.cli.guarded`: a bad input prints
 ``error: <file or option>: <problem>`` and exits 2, a failed run exits 1, a success 0; ``--debug``
 adds the traceback. ``python -m monai.bundle run`` keeps working with MONAI's own tracebacks.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from components.io.cli import guarded, pop_debug
+from components.checks.cli import guarded, pop_debug
 
 COMMANDS = (
     "run",

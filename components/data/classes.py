@@ -15,8 +15,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from components.io.checks import read_json
-from components.io.errors import OptionError
+from components.checks.errors import OptionError
+from components.checks.options import read_json
 
 __all__ = ["CLASSES_FORMAT", "FewShotClass", "parse_classes", "LabelToMasksd"]
 

@@ -3,7 +3,7 @@
 :func:`build_datalist` builds one from a folder of volumes (:func:`datalist_from_folder`), a Medical
 Segmentation Decathlon ``dataset.json`` (:func:`datalist_from_decathlon`, MONAI's
 ``load_decathlon_datalist``) or a datalist JSON (:func:`datalist_from_json`). Every problem raises
-:class:`~components.io.errors.VolumeError` whose message starts with the offending path. Loading
+:class:`~components.checks.errors.VolumeError` whose message starts with the offending path. Loading
 the listed files is :mod:`components.data.loading`.
 
 Example::
@@ -23,7 +23,7 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
-from components.io.errors import VolumeError
+from components.checks.errors import VolumeError
 from components.io.naming import VOLUME_SUFFIXES, has_volume_suffix, volume_stem
 
 __all__ = [

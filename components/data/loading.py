@@ -2,7 +2,7 @@
 
 Volumes are read with MONAI's readers (NIfTI via nibabel; NRRD, MHA and DICOM series via ITK),
 checked (:class:`CheckVolumed`), reoriented to RAS and optionally resampled (:func:`load_transforms`).
-Every problem raises :class:`~components.io.errors.VolumeError` whose message starts with the
+Every problem raises :class:`~components.checks.errors.VolumeError` whose message starts with the
 offending path. Datalists (what to load) are :mod:`components.data.datalist`.
 
 Example::
@@ -39,7 +39,7 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple
 
-from components.io.errors import VolumeError
+from components.checks.errors import VolumeError
 
 __all__ = [
     "LoadVolumed",

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from components.checks.errors import VolumeError
+from components.checks.options import read_json
 from components.data.datalist import build_datalist
 from components.io.atomic import atomic_json
-from components.io.checks import read_json
-from components.io.errors import VolumeError
 
 __all__ = ["make_split", "load_split", "validation_items", "check_labelled", "sample_support"]
 

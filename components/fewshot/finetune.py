@@ -48,7 +48,7 @@ def build_incontext_network(
     :func:`~components.network.release_checkpoint.load_release_checkpoint` (``weights_only=True``); a file
     that does not fit the preset raises ``ReleaseCheckpointError`` listing the mismatches.
     """
-    from components.io.errors import VolumeError
+    from components.checks.errors import VolumeError
     from components.network.nets import build_network
     from components.network.release_checkpoint import load_release_checkpoint
 

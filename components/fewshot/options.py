@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from components.io.checks import check_weights_fit
-from components.io.errors import OptionError
+from components.checks.errors import OptionError
+from components.checks.options import check_weights_fit
 
 __all__ = ["check_inference_options"]
 

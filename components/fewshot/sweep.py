@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from components.checks.errors import error_message
 from components.data.classes import parse_classes
 from components.data.splits import load_split, sample_support
 from components.fewshot.finetune import build_incontext_network
@@ -51,7 +52,6 @@ from components.inference.evaluate import evaluate
 from components.inference.incontext import segment_in_chunks
 from components.inference.support import encode_support
 from components.io.atomic import atomic_json
-from components.io.errors import error_message
 from components.network.release_checkpoint import preset_of_checkpoint
 from components.tracking.identity import code_tags as identity_code_tags
 from components.tracking.identity import digest, file_sha256
@@ -427,9 +427,9 @@ def _run_sweep(client: Any, cfg: Mapping[str, Any], out: Path, tracking_uri: str
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:
     """The sweep's classes, split, modes, shots and seeds, checked before any run (bad input: exit 2)."""
+    from components.checks.errors import OptionError
+    from components.checks.options import check_choice, check_int_at_least
     from components.data.loading import check_label_grid
-    from components.io.checks import check_choice, check_int_at_least
-    from components.io.errors import OptionError
 
     parse_classes(cfg["classes"])
     train = load_split(cfg["split_file"])["train"]
@@ -462,7 +462,7 @@ def sweep_and_report(
     file fails its runs (recorded, the others go on). ``preset_from_checkpoint``: the preset of the first
     existing file among them replaces ``sweep["preset"]``.
     """
-    from components.io.checks import check_exists, check_writable_dir
+    from components.checks.options import check_exists, check_writable_dir
 
     check_writable_dir("output_dir", output_dir)
     check_exists("split_file", sweep.get("split_file"), "split file")

@@ -31,13 +31,13 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import Compose, Invertd, SaveImage
 
+from components.checks.errors import VolumeError, error_message
 from components.data.classes import FewShotClass, LabelToMasksd
 from components.data.loading import LoadVolumed, check_label_values
 from components.data.preprocessing import preprocessing
 from components.data.splits import check_labelled
 from components.inference.incontext import VolumeInferer, binarize
 from components.inference.labels import masks_to_labelmap
-from components.io.errors import VolumeError, error_message
 
 logger = logging.getLogger(__name__)
 

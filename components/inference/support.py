@@ -18,11 +18,11 @@ import torch
 from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 
+from components.checks.errors import VolumeError
 from components.data.classes import FewShotClass, parse_classes
 from components.data.preprocessing import preprocessing
 from components.data.splits import check_labelled
 from components.inference.crop import crop_reference
-from components.io.errors import VolumeError
 
 if TYPE_CHECKING:
     from components.network.nets import MASSNet

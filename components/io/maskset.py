@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from components.checks.errors import InputError
 from components.io.atomic import default_file_mode
-from components.io.errors import InputError
 
 __all__ = [
     "MAGIC",

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.io.checks import check_choice, check_exists, check_int_at_least, check_writable_dir, readable_checkpoint
-from components.io.errors import OptionError
+from components.checks.errors import OptionError
+from components.checks.options import (
+    check_choice,
+    check_exists,
+    check_int_at_least,
+    check_writable_dir,
+    readable_checkpoint,
+)
 
 __all__ = ["SOURCES", "check_maskgen_options"]
 

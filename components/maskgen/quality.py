@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from components.io.checks import check_int_at_least, check_range, read_json
-from components.io.errors import OptionError, VolumeError
+from components.checks.errors import OptionError, VolumeError
+from components.checks.options import check_int_at_least, check_range, read_json
 from components.io.maskset import MaskSet
 from components.io.naming import volume_stem
 
@@ -205,6 +205,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from components.io.cli import fire_main
+    from components.checks.cli import fire_main
 
     fire_main(main, serialize=lambda _: None)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from monai.engines import Workflow
 
+from components.checks.errors import OptionError, VolumeError, root_cause
 from components.io.atomic import atomic_json
-from components.io.errors import OptionError, VolumeError, root_cause
 from components.io.maskset import MaskSet, MaskSetError, write_maskset
 from components.io.naming import volume_stem
 

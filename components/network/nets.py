@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from components.io.errors import InputError, OptionError
+from components.checks.errors import InputError, OptionError
 from components.network.blocks import Encoder
 from components.network.decoder import Decoder, DynamicKernelHead
 from components.network.task_embedding import TaskEmbedding

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from components.io.errors import InputError
+from components.checks.errors import InputError
 from components.network.blocks import Encoder
 
 # release key prefix -> our key prefix (identity: our modules use the release's names)

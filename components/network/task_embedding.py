@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from components.checks.errors import InputError
 from components.io.atomic import atomic_write
-from components.io.errors import InputError
 
 FORMAT = "mass-task-embedding"
 VERSION = 1

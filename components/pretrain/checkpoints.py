@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from components.io.errors import OptionError
+from components.checks.errors import OptionError
 
 __all__ = ["latest_checkpoint", "resume_checkpoint"]
 
@@ -31,7 +31,7 @@ def resume_checkpoint(
     broken, no checkpoint while ``finished`` (the best model) exists. With no checkpoint and no
     finished model it logs a warning and returns None (the run starts from scratch).
     """
-    from components.io.checks import newest_readable_checkpoint, readable_checkpoint
+    from components.checks.options import newest_readable_checkpoint, readable_checkpoint
 
     if ckpt_path:
         readable_checkpoint(ckpt_path, what="resume checkpoint")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.io.checks import (
+from components.checks.errors import OptionError
+from components.checks.options import (
     check_bool,
     check_choice,
     check_exists,
@@ -15,7 +16,6 @@ from components.io.checks import (
     check_writable_dir,
     readable_checkpoint,
 )
-from components.io.errors import OptionError
 from components.network.nets import check_crop_size, check_preset
 
 __all__ = ["check_pretrain_options", "check_resume_epochs"]

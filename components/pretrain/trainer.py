@@ -30,7 +30,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from components.io.errors import InputError, RunError
+from components.checks.errors import InputError, RunError
 from components.pretrain.handlers import BestMetricState, holds_key
 
 __all__ = ["NonFiniteLossError", "prepare_incontext_batch", "unwrap_model", "InContextTrainer"]

@@ -23,9 +23,9 @@ import torch
 from monai.transforms import CropForegroundd, ResizeWithPadOrCropd
 from torch.utils.data import Dataset
 
+from components.checks.errors import VolumeError
 from components.data.intensity import ModalityNormalize
 from components.data.loading import load_volume
-from components.io.errors import VolumeError
 
 __all__ = ["LabelPairDataset"]
 

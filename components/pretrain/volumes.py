@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from components.checks.errors import InputError, VolumeError
 from components.data.intensity import ModalityNormalize, guess_modality
 from components.data.loading import load_volume
-from components.io.errors import InputError, VolumeError
 from components.io.maskset import MaskSet, MaskSetError, SparseMask, write_maskset
 from components.io.naming import volume_stem
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from components.io.checks import read_json
-from components.io.errors import OptionError, VolumeError
+from components.checks.errors import OptionError, VolumeError
+from components.checks.options import read_json
 
 SPLIT_ALIASES = {
     "train": "train",

@@ -24,8 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from torch import nn
 
+from components.checks.errors import VolumeError, error_message
 from components.io.atomic import atomic_write
-from components.io.errors import VolumeError, error_message
 from components.network.blocks import Encoder
 from components.network.nets import preset_config
 from components.network.release_checkpoint import infer_release_config, load_release_checkpoint, read_release_state_dict

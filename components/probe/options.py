@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from components.io.checks import (
+from components.checks.errors import OptionError
+from components.checks.options import (
     check_choice,
     check_exists,
     check_int_at_least,
@@ -14,7 +15,6 @@ from components.io.checks import (
     check_writable_dir,
     readable_checkpoint,
 )
-from components.io.errors import OptionError
 from components.network.nets import check_preset
 from components.probe.head import TASKS
 

@@ -168,6 +168,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from components.io.cli import fire_main
+    from components.checks.cli import fire_main
 
     fire_main(main)

@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from components.checks.errors import OptionError, error_message
 from components.io.atomic import atomic_json
-from components.io.errors import OptionError, error_message
 from components.tracking.identity import code_tags, digest, file_sha256
 from components.tracking.report import log_report, raise_if_failed
 from components.tracking.runs import sweep_parent, write_sweep_status
@@ -401,7 +401,7 @@ def run_sweep(cfg: Mapping[str, Any], out_dir: str | os.PathLike, tracking_uri: 
 
 def check_sweep(cfg: Mapping[str, Any]) -> None:
     """Runs, fractions, seeds, classes and the training settings, checked before any run (bad input: exit 2)."""
-    from components.io.checks import check_choice, check_exists, check_int_at_least, check_positive
+    from components.checks.options import check_choice, check_exists, check_int_at_least, check_positive
     from components.probe.options import check_classes
 
     check_exists("datalist", cfg.get("datalist"), "datalist")
@@ -440,7 +440,7 @@ def sweep_and_report(
     a warning; a missing file fails them, recorded). ``preset_from_checkpoint``: its preset replaces
     ``sweep["preset"]`` for every run.
     """
-    from components.io.checks import check_writable_dir
+    from components.checks.options import check_writable_dir
 
     check_writable_dir("output_dir", output_dir)
     cfg = dict(sweep)

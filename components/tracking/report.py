@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from components.checks.errors import RunFailedError
 from components.io.atomic import atomic_write
-from components.io.errors import RunFailedError
 from components.tracking.runs import collect_runs, group_by_settings
 from components.tracking.store import tracking_client
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from components.checks.errors import OptionError
 from components.io.atomic import atomic_json
-from components.io.errors import OptionError
 from components.tracking.store import tracking_client
 
 __all__ = ["collect_runs", "group_by_settings", "latest_finished", "sweep_parent", "write_sweep_status"]

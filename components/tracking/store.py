@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from components.io.errors import OptionError
+from components.checks.errors import OptionError
 
 __all__ = ["tracking_client", "default_tracking_uri", "experiment_id", "artifact_location", "finished_keys"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from components.checks.errors import VolumeError
 from components.data.datalist import build_datalist
-from components.io.errors import VolumeError
 
 
 def test_datalist_from_folder_with_label_suffix(tmp_path: Path, shared_data: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from monai.transforms import Compose, Spacingd
 
+from components.checks.errors import VolumeError, volume_error_of
 from components.data.loading import CheckVolumed, load_transforms, load_volume
-from components.io.errors import VolumeError, volume_error_of
 
 
 def _load_pair(item: dict) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.io.errors import VolumeError
+from components.checks.errors import VolumeError
 from components.io.maskset import write_maskset
 from components.maskgen.workflow import shard_datalist
 from components.pretrain.volumes import pair_masksets

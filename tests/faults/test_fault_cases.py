@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.io.cli import fire_main
+from components.checks.cli import fire_main
 from components.io.maskset import write_maskset
 from tests.faults._harness import (
     DEMO,

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from components.checks.cli import guarded
+from components.checks.errors import RunFailedError
 from components.data.classes import FewShotClass
 from components.data.loading import load_volume
 from components.inference.evaluate import evaluate
 from components.io.atomic import atomic_json
-from components.io.cli import guarded
-from components.io.errors import RunFailedError
 from components.io.maskset import write_maskset
 from components.maskgen.workflow import output_is_complete
 from components.probe.metrics import ProbeRecorder
@@ -224,8 +224,8 @@ def test_maskgen_label_map_with_non_integer_values_is_refused_naming_it(tmp_path
 def test_fewshot_split_with_a_support_volume_in_the_test_set_is_refused(tmp_path):
     import json
 
+    from components.checks.errors import VolumeError
     from components.data.splits import load_split
-    from components.io.errors import VolumeError
 
     one = {"image": str(DEMO / "colin27_t1.nii.gz"), "label": str(DEMO / "colin27_seg.nii.gz")}
     other = {"image": str(DEMO / "mni152_t1.nii.gz"), "label": str(DEMO / "mni152_seg.nii.gz")}

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from components.checks.errors import VolumeError
 from components.data.classes import parse_classes
 from components.data.splits import load_split, sample_support
 from components.fewshot.finetune import build_incontext_network
 from components.inference.evaluate import evaluate
 from components.inference.support import EmptyReferenceError, encode_support, load_or_encode_task
-from components.io.errors import VolumeError
 
 SPACING = (3.0, 3.0, 3.0)
 ROI = (64, 64, 64)

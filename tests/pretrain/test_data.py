@@ -247,7 +247,7 @@ def test_sampler_gives_each_rank_different_ids_every_epoch(dataset):
 
 
 def test_pretrain_split_holds_out_named_volumes_or_the_last(tmp_path):
-    from components.io.errors import InputError
+    from components.checks.errors import InputError
     from components.pretrain.volumes import pretrain_split
 
     masks = masksets_from_labels(tmp_path / "masks", max_ids=2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from components.io.errors import VolumeError
+from components.checks.errors import VolumeError
 from components.network.nets import build_network
 from tests._bundles import bundle_workflow
 from tests.pretrain._util import DEMO

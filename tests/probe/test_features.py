@@ -9,9 +9,9 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 
+from components.checks.errors import error_message
 from components.data.intensity import ModalityNormalized
 from components.data.loading import CheckVolumed, LoadVolumed
-from components.io.errors import error_message
 from components.network.release_checkpoint import ReleaseCheckpointError, preset_of_checkpoint
 from components.probe.features import (
     FeatureCache,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.io.errors import RunFailedError
+from components.checks.errors import RunFailedError
 from components.probe.proxy import build_proxy_task
 from components.tracking.store import tracking_client
 from tests._bundles import bundle_dir, bundle_workflow

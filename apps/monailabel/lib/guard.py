@@ -33,8 +33,8 @@ from fastapi import HTTPException
 from monai.data import MetaTensor
 from monailabel.datastore.local import LocalDatastore
 
+from components.checks.errors import VolumeError, volume_error_of
 from components.data.loading import CheckVolumed, LoadVolumed
-from components.io.errors import VolumeError, volume_error_of
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def build_sam2_predictor(
     from sam2.build_sam import build_sam2_video_predictor
 
     if checkpoint is not None:  # named, tensor-only, before the model is built (never weights_only=False)
-        from components.io.checks import readable_checkpoint
+        from components.checks.options import readable_checkpoint
 
         readable_checkpoint(checkpoint, what="SAM2 checkpoint")
     overrides = list(size_overrides(image_size) if image_size else []) + list(extra_overrides)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from monai.transforms import Compose, Lambda
 
+from components.checks.errors import VolumeError, error_message, root_cause, volume_error_of
 from components.data.loading import load_transforms
-from components.io.errors import VolumeError, error_message, root_cause, volume_error_of
 
 
 def _raise(exc: BaseException):
@@ -60,7 +60,7 @@ def test_errors_survive_pickle_and_copy() -> None:
     import copy
     import pickle
 
-    from components.io.errors import OptionError, VolumeError
+    from components.checks.errors import OptionError, VolumeError
     from components.network.release_checkpoint import ReleaseCheckpointError
 
     errors = [

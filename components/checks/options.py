@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.io.errors import OptionError, VolumeError
+from components.checks.errors import OptionError, VolumeError
 
 __all__ = [
     "CheckpointError",

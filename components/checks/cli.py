@@ -3,7 +3,7 @@
 :func:`guarded` runs a callable and turns an exception into one line on stderr and an exit status:
 
 - ``error: <file or option>: <problem>``, exit **2**, for bad input: a :class:`VolumeError` (a file,
-  with :class:`~components.io.checks.CheckpointError`), :class:`OptionError`, a corrupt mask set,
+  with :class:`~components.checks.options.CheckpointError`), :class:`OptionError`, a corrupt mask set,
   a release checkpoint or network input we refuse;
 - ``error: <what failed>``, exit **1**, for a run that failed: :class:`RunFailedError` (listing the
   failed parts), a non-finite loss, or a ``SystemExit`` with a message (maskgen's failed volumes);
@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from components.io.errors import InputError, RunError, exception_chain
+from components.checks.errors import InputError, RunError, exception_chain
 
 __all__ = ["classify", "guarded", "fire_main", "pop_debug"]
 
