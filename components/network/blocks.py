@@ -41,10 +41,12 @@ def channels_last_inference(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and _onednn_enabled()
 
 
-def _instance_norm_relu_channels_last(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """ReLU(InstanceNorm(x)) of a channels-last map, two-pass statistics, no autograd. Same layout out."""
+def _instance_norm_relu_channels_last(x: torch.Tensor, eps: float, in_place: bool = False) -> torch.Tensor:
+    """ReLU(InstanceNorm(x)) of a channels-last map, two-pass statistics, no autograd. Same layout out
+    (``in_place``: overwrites and returns ``x``)."""
     dims = (2, 3, 4)
-    centred = x - x.mean(dims, keepdim=True)
+    mean = x.mean(dims, keepdim=True)
+    centred = x.sub_(mean) if in_place else x - mean
     var = torch.zeros_like(centred[:, :, :1, :1, :1])
     for slab in centred.split(8, dim=2):  # squares in slabs: no second map-sized temporary
         var += slab.square().sum(dims, keepdim=True)
@@ -83,10 +85,11 @@ class NormActConv(nn.Module):
         self.act = nn.ReLU(inplace=True)  # on the norm's fresh output (its backward does not read it)
         self.conv = Conv3d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def activate(self, x: torch.Tensor) -> torch.Tensor:
-        """ReLU(InstanceNorm(x)), the input of ``conv``."""
+    def activate(self, x: torch.Tensor, consume: bool = False) -> torch.Tensor:
+        """ReLU(InstanceNorm(x)), the input of ``conv``. ``consume``: the caller no longer needs ``x``, so a
+        channels-last map without autograd is normalised in place."""
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.requires_grad:
-            return _instance_norm_relu_channels_last(x, self.norm.eps)
+            return _instance_norm_relu_channels_last(x, self.norm.eps, in_place=consume and not torch.is_grad_enabled())
         return self.act(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +102,9 @@ class ResidualBlock(nn.Module):
     The residual path is the identity when the channel count is kept (``shortcut`` is None), otherwise a
     pre-activation 3x3x3 conv. Its norm and ReLU equal those of ``conv1`` (parameter-free instance norms
     of the same input), so that activation is computed once. x[B, C_in, ...] -> [B, C_out, ...]
+
+    ``forward(x, consume=True)`` (an up-sampling stage's concatenation, which nothing else reads): without
+    autograd that activation overwrites ``x`` instead of allocating a second map as wide as the input.
     """
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
@@ -107,13 +113,14 @@ class ResidualBlock(nn.Module):
         self.conv2 = NormActConv(out_ch, out_ch)
         self.shortcut: NormActConv | None = NormActConv(in_ch, out_ch) if in_ch != out_ch else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, consume: bool = False) -> torch.Tensor:
         shortcut = self.shortcut
         if shortcut is None:
             out = self.conv2(self.conv1(x))
             out += x  # conv output is a fresh tensor that its backward does not read
             return out
-        a = self.conv1.activate(x)
+        a = self.conv1.activate(x, consume)
+        del x
         skip = shortcut.conv(a)
         h = self.conv1.conv(a)
         del a  # the widest tensor of the block: free it before conv2 allocates
@@ -170,7 +177,11 @@ class UpStage(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # interpolate in float32: trilinear lacks bf16 kernels on some builds
         up = F.interpolate(x.float(), size=skip.shape[2:], mode="trilinear", align_corners=True).to(x.dtype)
-        return self.conv(torch.cat([skip, up], dim=1))
+        x = torch.cat([skip, up], dim=1)
+        del up  # freed before the blocks run: at full resolution the widest maps of the network
+        for i, block in enumerate(self.conv):
+            x = block(x, i == 0)  # the first block may normalise the concatenation in place
+        return x
 
 
 class Encoder(nn.Module):
