@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from components.network.attention import FeedForward, TokenVoxelBlock
-from components.network.blocks import UpStage
+from components.network.blocks import UpStage, channels_last_inference
 
 
 class TokenVoxelFusion(nn.Module):
@@ -32,6 +32,8 @@ class TokenVoxelFusion(nn.Module):
         q = tokens.reshape(b, m * t, c)
         for layer in self.attn_layers:
             v, q = layer(v, q)
+        if channels_last_inference(x):  # canonical channels-last strides, so up-sampling keeps the layout
+            return v.reshape(b, d, h, w, c).permute(0, 4, 1, 2, 3), q.reshape(b, m, t, c)
         return v.transpose(1, 2).reshape(b, c, d, h, w), q.reshape(b, m, t, c)
 
 

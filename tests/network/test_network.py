@@ -130,10 +130,18 @@ def test_channels_last_inference_equals_the_autograd_path(tiny, inputs, encoded)
     (a sliding-window patch) takes the same route."""
     query, _, _ = inputs
     task, logits = encoded
+    seen = []
+    hooks = [
+        stage.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        for stage in (tiny.decoder.up1, tiny.decoder.up4)
+    ]
     with torch.no_grad():
         feats = tiny.encoder(query)
-    assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in feats[:3])
-    assert not any(f.is_contiguous() for f in feats[:3])
+        tiny.segment(query, task)
+    for h in hooks:
+        h.remove()
+    for x in feats[:3] + seen:  # encoder maps and the decoder's, from the token fusion on
+        assert x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     plain = tiny.segment(query, task).detach()  # grad enabled: default layout, PyTorch's instance norm
     assert (logits - plain).norm() / plain.norm() < 1e-5
     patch = torch.randn(1, 2, *SHAPE)[:, 1:]  # same shape, channel stride 16*32*32
