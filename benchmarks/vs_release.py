@@ -200,6 +200,22 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+def write_result(out: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Write a benchmark's result as JSON to ``out`` (if given); return it."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cli(main: Any, worker: Any) -> None:
+    """``python SCRIPT [args]`` runs ``main``; ``python SCRIPT worker ...`` (what ``main`` spawns) one side."""
+    fire.Fire(
+        {"main": main, "worker": worker} if len(sys.argv) > 1 and sys.argv[1] == "worker" else main,
+        serialize=lambda _: None,
+    )
+
+
 def _items(value: Any) -> list[str]:
     """``"a,b"``, ``("a", "b")`` or ``96`` (as the command line parses them) -> ``["a", "b"]``."""
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -274,14 +290,8 @@ def main(
         },
         "rows": rows,
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(out, result)
 
 
 if __name__ == "__main__":
-    fire.Fire(
-        {"main": main, "worker": worker} if len(sys.argv) > 1 and sys.argv[1] == "worker" else main,
-        serialize=lambda _: None,
-    )
+    cli(main, worker)
