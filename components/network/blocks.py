@@ -88,8 +88,12 @@ class NormActConv(nn.Module):
     def activate(self, x: torch.Tensor, consume: bool = False) -> torch.Tensor:
         """ReLU(InstanceNorm(x)), the input of ``conv``. ``consume``: the caller no longer needs ``x``, so a
         channels-last map without autograd is normalised in place."""
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.requires_grad:
-            return _instance_norm_relu_channels_last(x, self.norm.eps, in_place=consume and not torch.is_grad_enabled())
+        if (
+            channels_last_inference(x)
+            and x.is_contiguous(memory_format=torch.channels_last_3d)
+            and not x.is_contiguous()
+        ):
+            return _instance_norm_relu_channels_last(x, self.norm.eps, in_place=consume)
         return self.act(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +124,6 @@ class ResidualBlock(nn.Module):
             out += x  # conv output is a fresh tensor that its backward does not read
             return out
         a = self.conv1.activate(x, consume)
-        del x
         skip = shortcut.conv(a)
         h = self.conv1.conv(a)
         del a  # the widest tensor of the block: free it before conv2 allocates

@@ -28,7 +28,7 @@ class TokenVoxelFusion(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, d, h, w = x.shape
         _, m, t, _ = tokens.shape
-        v = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # a view of a channels-last map
+        v = x.reshape(b, c, -1).transpose(1, 2)  # a view in either layout
         q = tokens.reshape(b, m * t, c)
         for layer in self.attn_layers:
             v, q = layer(v, q)
@@ -100,6 +100,5 @@ class DynamicKernelHead(nn.Module):
     def forward(self, x: torch.Tensor, kept: list[torch.Tensor]) -> torch.Tensor:
         k = self.kernels(kept)
         b, c, d, h, w = x.shape
-        # [B, M, C] x [B, C, DHW]; a channels-last x is read through a transposed view, not copied
-        out = torch.bmm(k, x.permute(0, 2, 3, 4, 1).reshape(b, -1, c).transpose(1, 2))
+        out = torch.bmm(k, x.reshape(b, c, -1))  # a view in either layout (D, H, W stay adjacent)
         return out.reshape(b, k.shape[1], d, h, w)
