@@ -227,8 +227,7 @@ def main(
     """Both sides for every preset x window (ours only for ``tiny``); print the table, write ``out`` (JSON)."""
     if not (Path(release_dir) / "models" / "iris.py").is_file():
         raise SystemExit(f"{release_dir}: not a clone of Stanford-AIMI/MASS (no models/iris.py)")
-    sys.path.insert(0, str(REPO))
-    from components.network.nets import PRESETS
+    from components.network.nets import PRESETS  # the project is installed (editable)
 
     rows = []
     for preset in _items(presets):
